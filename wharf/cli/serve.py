@@ -1,0 +1,7 @@
+"""`wharf serve`."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,53 @@
+"""One settings object: environment (WHARF_*), then CLI flags, with defaults that just work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".wharf"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WHARF_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None          # default: SQLite file under data_dir
+    redis_url: str | None = None             # set: limits shared across replicas
+
+    # Models: NAME -> path of a Hugging Face folder or a .gguf file. The embedded
+    # default is always registered unless `load_default_model` is off.
+    models: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    default_model: str = DEFAULT_MODEL
+    load_default_model: bool = True
+
+    backend: str = "torch"                   # torch | vllm | upstream
+    upstream_url: str | None = None
+    dtype: str = "bfloat16"                  # bfloat16 | float32
+    threads: int | None = None               # torch intra-op threads (None: all cores)
+
+    # Engine capacity.
+    max_batch_size: int = 32                 # sequences decoded together (KV slots)
+    max_model_len: int = 2048                # tokens per sequence (prompt + output)
+    max_queue: int = 256                     # waiting requests before "overloaded"
+    prefill_chunk: int = 256                 # prompt tokens per scheduler step
+
+    request_timeout_s: float = 600.0         # per-request deadline (WeLM 504)
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'wharf.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,1 @@
+"""The generation engine: tokens, sampling, batching. Knows nothing of HTTP or accounts."""

@@ -1,0 +1,90 @@
+"""The canonical request every dialect is translated into, and what the engine streams back."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"              # EOS, a stop token or a stop string
+    LENGTH = "length"          # max_tokens reached
+    CANCELLED = "cancelled"    # the caller went away
+    CONTENT = "content_filter" # output safety cut the stream (set by the platform, not the engine)
+    ERROR = "error"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 = off
+    repetition_penalty: float = 1.0   # HF-style, over prompt + output
+    presence_penalty: float = 0.0     # OpenAI-style, over output
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None       # None: off; k >= 0: chosen token + top k
+    n: int = 1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationRequest:
+    """Exactly one of `prompt` (raw text) or `messages` (chat, rendered by the model's template)."""
+
+    model: str
+    sampling: SamplingParams
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    deadline: float | None = None     # time.monotonic() after which the request times out
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    top: list[tuple[str, int, float]] = field(default_factory=list)  # (token, id, logprob)
+
+
+@dataclass
+class Chunk:
+    """A piece of one choice's output. Text is always whole UTF-8 characters and never
+    contains (part of) a stop string; concatenated chunks equal the final text."""
+
+    index: int                                  # which of the n choices
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0                      # set on every chunk
+    completion_tokens: int = 0                  # tokens generated for this choice so far
+
+
+@dataclass
+class ModelInfo:
+    name: str                 # registered name
+    identity: str             # what it really is (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct")
+    path: str
+    backend: str
+    context_length: int
+    dtype: str
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EngineStats:
+    waiting: int = 0
+    running: int = 0
+    max_batch_size: int = 0
+    generated_tokens: int = 0
+    tokens_per_second: float = 0.0   # recent decode throughput
