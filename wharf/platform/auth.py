@@ -1,0 +1,282 @@
+"""Authentication: four schemes, one Principal.
+
+  bearer(token)                        OpenAI / WeLM API keys ("wk-...")
+  issue_qianfan_token(id, secret)      Qianfan OAuth client_credentials -> (access_token, expires_in)
+  qianfan_access_token(token)          Qianfan ?access_token=
+  bce_signature(...)                   Qianfan IAM: BCE auth v1 AK/SK signature
+  sensenova_jwt(token)                 SenseNova: HS256 JWT, iss = access key id
+
+Every scheme looks the credential and its account up in the store on every
+request (one indexed query, no cache), so a revoked credential or a disabled
+account fails on the very next request, on every replica.
+
+Qianfan access tokens are random strings whose sha256 is kept in the store
+(table access_tokens), not signed/stateless tokens: they survive restarts,
+work across replicas, and die with their credential.
+
+AuthError reasons: "missing", "invalid" (unknown key/token/AK, malformed),
+"signature" (bad HMAC or JWT signature), "expired" (token, signature or JWT
+past its life, or not yet valid), "revoked", "disabled"; and for
+issue_qianfan_token "unknown_client" (-> {"error":"invalid_client",
+"error_description":"unknown client id"}) and "bad_secret" (-> "Client
+authentication failed"; use that answer for every other reason there too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import jwt
+from sqlalchemy import delete, select
+
+from wharf.errors import AuthError
+from wharf.platform.credentials import Credentials, hash_key
+from wharf.platform.models import AccessToken, Account, Credential, utcnow
+from wharf.platform.secretbox import SecretBox
+from wharf.platform.store import Store
+
+QIANFAN_TOKEN_TTL_S = 30 * 24 * 3600        # what Baidu does
+EXPIRED_TOKEN_KEEP_S = 7 * 24 * 3600        # expired tokens answer "expired" (111) this long, then "invalid"
+BCE_FUTURE_SKEW_S = 300                     # a signature timestamp may be this far ahead of our clock
+JWT_LEEWAY_S = 5                            # the sensenova SDK sets nbf = now - 5, exp = now + 1800
+BCE_DEFAULT_SIGNED = ("host", "content-md5", "content-length", "content-type")
+
+
+@dataclass(frozen=True)
+class Principal:
+    account_id: int
+    account_name: str
+    is_admin: bool
+    credential_id: int
+    credential_kind: str
+    # Limits (None = no limit): the account's, then the credential's own.
+    account_rpm: int | None = None
+    account_tpm: int | None = None
+    account_qps: int | None = None
+    account_max_concurrency: int | None = None
+    quota_chars_per_day: int | None = None
+    quota_tokens_per_day: int | None = None
+    credential_rpm: int | None = None
+    credential_tpm: int | None = None
+    credential_qps: int | None = None
+    credential_max_concurrency: int | None = None
+
+
+def _principal(c: Credential, a: Account) -> Principal:
+    if c.revoked_at is not None:
+        raise AuthError("credential has been revoked", reason="revoked")
+    if a.status != "active":
+        raise AuthError("account is disabled", reason="disabled")
+    return Principal(account_id=a.id, account_name=a.name, is_admin=a.is_admin, credential_id=c.id,
+                     credential_kind=c.kind, account_rpm=a.rpm, account_tpm=a.tpm, account_qps=a.qps,
+                     account_max_concurrency=a.max_concurrency, quota_chars_per_day=a.quota_chars_per_day,
+                     quota_tokens_per_day=a.quota_tokens_per_day, credential_rpm=c.rpm,
+                     credential_tpm=c.tpm, credential_qps=c.qps, credential_max_concurrency=c.max_concurrency)
+
+
+# -- BCE v1 helpers (also used by tests and by anyone who wants to sign) -----------
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def uri_encode(value: str, keep_slash: bool = False) -> str:
+    """RFC 3986 UriEncode as BCE defines it: every byte but A-Za-z0-9-._~ as %XX."""
+    out = []
+    for b in value.encode("utf-8"):
+        if b in _UNRESERVED or (keep_slash and b == 0x2F):
+            out.append(chr(b))
+        else:
+            out.append("%%%02X" % b)
+    return "".join(out)
+
+
+def bce_canonical_request(method: str, path: str, query_params: Iterable[tuple[str, str]],
+                          headers: Mapping[str, str], signed_headers: Iterable[str],
+                          *, encode_path: bool = True) -> str:
+    lower = {k.strip().lower(): v for k, v in headers.items()}
+    uri = uri_encode(path, keep_slash=True) if encode_path else path
+    query = "&".join(sorted(f"{uri_encode(k)}={uri_encode(v or '')}" for k, v in query_params
+                            if k.lower() != "authorization"))
+    lines = []
+    for name in signed_headers:
+        value = lower.get(name)
+        if value is None or not str(value).strip():
+            continue                  # the BCE signers skip absent and empty headers
+        lines.append(f"{uri_encode(name)}:{uri_encode(str(value).strip())}")
+    return "\n".join([method.upper(), uri, query, "\n".join(sorted(lines))])
+
+
+def bce_sign(sk: str, auth_prefix: str, canonical_request: str) -> str:
+    signing_key = hmac.new(sk.encode(), auth_prefix.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(signing_key.encode(), canonical_request.encode(), hashlib.sha256).hexdigest()
+
+
+class Authenticator:
+    def __init__(self, store: Store, box: SecretBox, *, credentials: Credentials | None = None,
+                 qianfan_token_ttl_s: int = QIANFAN_TOKEN_TTL_S):
+        self.store = store
+        self.box = box
+        self.credentials = credentials or Credentials(store, box)
+        self.qianfan_token_ttl_s = qianfan_token_ttl_s
+
+    def _lookup(self, where, kinds: tuple[str, ...]) -> tuple[Credential, Account] | None:
+        with self.store.read() as s:
+            row = s.execute(select(Credential, Account).join(Account, Account.id == Credential.account_id)
+                            .where(where)).first()
+        if row is None or row[0].kind not in kinds:
+            return None
+        return row[0], row[1]
+
+    def _ok(self, c: Credential, a: Account) -> Principal:
+        p = _principal(c, a)
+        self.credentials.touch(c.id)
+        return p
+
+    # -- OpenAI / WeLM ------------------------------------------------------
+    def bearer(self, token: str | None) -> Principal:
+        """An API key, bare (the HTTP layer strips an optional "Bearer ")."""
+        if not token:
+            raise AuthError("missing API key", reason="missing")
+        h = hash_key(token.strip())
+        found = self._lookup(Credential.secret_hash == h, ("api_key",))
+        # The lookup is by hash, so it leaks nothing about the key; compare anyway.
+        if found is None or not hmac.compare_digest(found[0].secret_hash or "", h):
+            raise AuthError("invalid API key", reason="invalid")
+        return self._ok(*found)
+
+    # -- Qianfan OAuth ------------------------------------------------------
+    def issue_qianfan_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
+        found = self._lookup(Credential.public_id == (client_id or ""), ("qianfan_app",)) if client_id else None
+        if found is None or found[0].revoked_at is not None:
+            raise AuthError("unknown client id", reason="unknown_client")
+        c, a = found
+        sk = self.box.decrypt(c.secret_encrypted or "")
+        if not hmac.compare_digest(sk.encode(), (client_secret or "").encode()):
+            raise AuthError("Client authentication failed", reason="bad_secret")
+        _principal(c, a)                       # disabled account -> AuthError(reason="disabled")
+        now = utcnow()
+        ttl = self.qianfan_token_ttl_s
+        expires = now + dt.timedelta(seconds=ttl)
+        token = f"24.{secrets.token_hex(32)}.{ttl}.{int(expires.timestamp())}.wharf"
+        with self.store.write() as s:
+            s.execute(delete(AccessToken).where(
+                AccessToken.expires_at < now - dt.timedelta(seconds=EXPIRED_TOKEN_KEEP_S)))
+            s.add(AccessToken(token_hash=hash_key(token), credential_id=c.id, created_at=now,
+                              expires_at=expires))
+        self.credentials.touch(c.id)
+        return token, ttl
+
+    def qianfan_access_token(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("missing access token", reason="missing")
+        with self.store.read() as s:
+            row = s.execute(select(AccessToken, Credential, Account)
+                            .join(Credential, Credential.id == AccessToken.credential_id)
+                            .join(Account, Account.id == Credential.account_id)
+                            .where(AccessToken.token_hash == hash_key(token))).first()
+        if row is None:
+            raise AuthError("Access token invalid or no longer valid", reason="invalid")
+        t, c, a = row
+        if t.expires_at <= utcnow():
+            raise AuthError("Access token expired", reason="expired")
+        return self._ok(c, a)
+
+    # -- Qianfan IAM (BCE auth v1) -----------------------------------------
+    def bce_signature(self, method: str, path: str, query_params: Iterable[tuple[str, str]],
+                      headers: Mapping[str, str], authorization: str | None,
+                      now: dt.datetime | None = None) -> Principal:
+        """Verify `Authorization: bce-auth-v1/{ak}/{ts}/{expiration}/{signedHeaders}/{signature}`.
+
+        path: the decoded request path (ASGI scope["path"]); query_params: decoded
+        (name, value) pairs in any order; headers: the request headers (any case).
+        """
+        if not authorization:
+            raise AuthError("missing Authorization", reason="missing")
+        parts = authorization.strip().split("/")
+        if len(parts) != 6 or parts[0] != "bce-auth-v1":
+            raise AuthError("malformed bce-auth-v1 authorization", reason="invalid")
+        _, ak, ts, exp_s, signed, signature = parts
+        try:
+            t0 = dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+            expiration = int(exp_s)
+        except ValueError:
+            raise AuthError("malformed bce-auth-v1 timestamp or expiration", reason="invalid") from None
+        now = now or utcnow()
+        if expiration <= 0 or now > t0 + dt.timedelta(seconds=expiration):
+            raise AuthError("signature expired", reason="expired")
+        if t0 > now + dt.timedelta(seconds=BCE_FUTURE_SKEW_S):
+            raise AuthError("signature timestamp is in the future", reason="expired")
+        found = self._lookup(Credential.public_id == ak, ("qianfan_iam",))
+        if found is None:
+            raise AuthError("unknown access key", reason="invalid")
+        c, a = found
+        sk = self.box.decrypt(c.secret_encrypted or "")
+
+        lower = {k.strip().lower(): v for k, v in headers.items()}
+        listed = [h.strip().lower() for h in signed.split(";") if h.strip()]
+        header_sets = []
+        if listed:
+            header_sets.append(listed)
+        else:
+            header_sets.append(list(BCE_DEFAULT_SIGNED) + [h for h in lower if h.startswith("x-bce-")])
+        # The Python BCE signer also signs x-bce-* headers it did not list.
+        extra = [h for h in lower if h.startswith("x-bce-") and h not in header_sets[0]]
+        if extra:
+            header_sets.append(header_sets[0] + extra)
+        query = list(query_params)
+        prefix = f"bce-auth-v1/{ak}/{ts}/{exp_s}"
+        encodings = (True, False) if uri_encode(path, keep_slash=True) != path else (True,)
+        ok = False
+        for hs in header_sets:
+            for enc in encodings:
+                expect = bce_sign(sk, prefix, bce_canonical_request(method, path, query, lower, hs,
+                                                                   encode_path=enc))
+                ok |= hmac.compare_digest(expect.encode(), signature.lower().encode())
+        if not ok:
+            raise AuthError("signature does not match", reason="signature")
+        return self._ok(c, a)
+
+    # -- SenseNova JWT ------------------------------------------------------
+    def sensenova_jwt(self, token: str | None, now: float | None = None) -> Principal:
+        if not token:
+            raise AuthError("missing token", reason="missing")
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthError("malformed token", reason="invalid") from None
+        if header.get("alg") != "HS256":
+            raise AuthError("token must be signed with HS256", reason="invalid")
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise AuthError("token has no iss", reason="invalid")
+        found = self._lookup(Credential.public_id == iss, ("sensenova",))
+        if found is None:
+            raise AuthError("unknown access key id", reason="invalid")
+        c, a = found
+        secret = self.box.decrypt(c.secret_encrypted or "")
+        options = {"require": ["exp", "nbf", "iss"]}
+        try:
+            if now is None:
+                jwt.decode(token, secret, algorithms=["HS256"], options=options, leeway=JWT_LEEWAY_S)
+            else:   # for tests: check the times against `now` ourselves
+                claims = jwt.decode(token, secret, algorithms=["HS256"],
+                                    options={**options, "verify_exp": False, "verify_nbf": False})
+                if now > float(claims["exp"]) + JWT_LEEWAY_S:
+                    raise jwt.ExpiredSignatureError()
+                if now < float(claims["nbf"]) - JWT_LEEWAY_S:
+                    raise jwt.ImmatureSignatureError()
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired", reason="expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid", reason="expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature does not match", reason="signature") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise AuthError("invalid token", reason="invalid") from None
+        return self._ok(c, a)

@@ -1,0 +1,47 @@
+"""Platform: the one object the HTTP app and the CLI hold (store + every platform service)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from wharf.platform.accounts import Accounts, ensure_admin
+from wharf.platform.auth import Authenticator
+from wharf.platform.credentials import Credentials
+from wharf.platform.quota import DEFAULT_TZ, QuotaBook
+from wharf.platform.secretbox import SecretBox
+from wharf.platform.services import Services
+from wharf.platform.store import Store
+from wharf.platform.usage import UsageLog
+
+
+class Platform:
+    def __init__(self, store: Store, secret_box: SecretBox, *, tz: str = DEFAULT_TZ,
+                 model_exists: Callable[[str], bool] | None = None):
+        self.store = store
+        self.secret_box = secret_box
+        self.accounts = Accounts(store)
+        self.credentials = Credentials(store, secret_box)
+        self.services = Services(store, model_exists)
+        self.authenticator = Authenticator(store, secret_box, credentials=self.credentials)
+        self.quota = QuotaBook(store, tz)
+        self.usage = UsageLog(store, tz)
+
+    @classmethod
+    def open(cls, settings, *, model_exists: Callable[[str], bool] | None = None) -> "Platform":
+        """From wharf.config.Settings: database (resolved_database_url), secret key
+        (WHARF_SECRET_KEY or data_dir/secret.key), quota timezone (settings.quota_timezone
+        if it exists, else env WHARF_QUOTA_TIMEZONE, else Asia/Shanghai)."""
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tz = (getattr(settings, "quota_timezone", None) or os.environ.get("WHARF_QUOTA_TIMEZONE")
+              or DEFAULT_TZ)
+        store = Store.open(settings.resolved_database_url)
+        return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists)
+
+    def ensure_admin(self) -> str | None:
+        return ensure_admin(self.store)
+
+    def close(self) -> None:
+        self.store.close()

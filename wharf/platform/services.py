@@ -1,0 +1,177 @@
+"""Services: an account's named endpoint bound to a model and a kind (Qianfan's "API地址").
+
+The platform never imports the engine: model names are checked with a
+`model_exists(name) -> bool` callable that the caller passes in.
+
+resolve_service(principal, endpoint, kind) errors:
+  NotFound(reason="service")       unknown endpoint          (Qianfan 336005 "API name not exist")
+  PermissionDenied                 another account's service  (Qianfan 6 / 336004)
+  NotFound(reason="service_kind")  a chat service called on the completions path or the
+                                   reverse: for the caller that URL does not exist either
+                                   (map like reason="service"; the message names the right path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from wharf.errors import Conflict, InvalidParam, NotFound, PermissionDenied
+from wharf.platform import validate
+from wharf.platform.models import Account, Service, utcnow
+from wharf.platform.store import Store
+
+KINDS = ("completions", "chat")
+# Real Qianfan endpoints look like "ngxxxol8_test1", "lbwxxxd4_test1", "your_custom_endpoint".
+ENDPOINT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+ModelCheck = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    id: int
+    account_id: int
+    endpoint: str
+    model: str
+    kind: str
+    description: str
+    rpm: int | None
+    tpm: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, s: Service) -> "ServiceInfo":
+        return cls(id=s.id, account_id=s.account_id, endpoint=s.endpoint, model=s.model, kind=s.kind,
+                   description=s.description, rpm=s.rpm, tpm=s.tpm, created_at=s.created_at,
+                   updated_at=s.updated_at)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_endpoint(endpoint) -> str:
+    if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint) or ".." in endpoint:
+        raise InvalidParam("endpoint must be 1-64 characters of a-z, 0-9, '_', '-', '.', "
+                           "starting with a letter or digit", param="endpoint")
+    return endpoint
+
+
+def _kind(kind) -> str:
+    if kind not in KINDS:
+        raise InvalidParam("kind must be 'completions' or 'chat'", param="kind")
+    return kind
+
+
+def _model(model, model_exists: ModelCheck | None) -> str:
+    if not isinstance(model, str) or not model or len(model) > 128:
+        raise InvalidParam("model must be a model name", param="model")
+    if model_exists is not None and not model_exists(model):
+        raise InvalidParam(f"unknown model {model!r}", param="model")
+    return model
+
+
+class Services:
+    def __init__(self, store: Store, model_exists: ModelCheck | None = None):
+        self.store = store
+        self.model_exists = model_exists
+
+    def create(self, account_id: int, endpoint: str, model: str, kind: str, description: str = "", *,
+               rpm: int | None = None, tpm: int | None = None,
+               model_exists: ModelCheck | None = None) -> ServiceInfo:
+        validate_endpoint(endpoint)
+        _kind(kind)
+        _model(model, model_exists or self.model_exists)
+        description = validate.text(description, "description", 1024)
+        rpm, tpm = validate.limit(rpm, "rpm"), validate.limit(tpm, "tpm")
+        try:
+            with self.store.write() as s:
+                if not isinstance(account_id, int) or s.get(Account, account_id) is None:
+                    raise NotFound(f"account {account_id} not found", reason="account")
+                if s.scalar(select(Service.id).where(Service.endpoint == endpoint)) is not None:
+                    raise Conflict(f"endpoint {endpoint!r} is already taken", param="endpoint")
+                now = utcnow()
+                row = Service(account_id=account_id, endpoint=endpoint, model=model, kind=kind,
+                              description=description, rpm=rpm, tpm=tpm, created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                return ServiceInfo.of(row)
+        except IntegrityError:          # lost a race for the same endpoint
+            raise Conflict(f"endpoint {endpoint!r} is already taken", param="endpoint") from None
+
+    def list(self, account_id: int | None = None) -> list[ServiceInfo]:
+        q = select(Service).order_by(Service.id)
+        if account_id is not None:
+            q = q.where(Service.account_id == account_id)
+        with self.store.read() as s:
+            return [ServiceInfo.of(x) for x in s.scalars(q)]
+
+    def get(self, service_id: int) -> ServiceInfo:
+        with self.store.read() as s:
+            row = s.get(Service, service_id)
+            if row is None:
+                raise NotFound(f"service {service_id} not found", reason="service")
+            return ServiceInfo.of(row)
+
+    def get_by_endpoint(self, endpoint: str) -> ServiceInfo:
+        with self.store.read() as s:
+            row = s.scalar(select(Service).where(Service.endpoint == endpoint))
+            if row is None:
+                raise NotFound(f"service {endpoint!r} not found", reason="service")
+            return ServiceInfo.of(row)
+
+    def update(self, service_id: int, *, model_exists: ModelCheck | None = None, **fields) -> ServiceInfo:
+        """Change model, kind, description, rpm, tpm (the endpoint is the service's identity)."""
+        allowed = {"model", "kind", "description", "rpm", "tpm"}
+        for k in fields:
+            if k not in allowed:
+                raise InvalidParam(f"field {k} cannot be changed", param=k)
+        if "model" in fields:
+            _model(fields["model"], model_exists or self.model_exists)
+        if "kind" in fields:
+            _kind(fields["kind"])
+        if "description" in fields:
+            fields["description"] = validate.text(fields["description"], "description", 1024)
+        for k in ("rpm", "tpm"):
+            if k in fields:
+                validate.limit(fields[k], k)
+        with self.store.write() as s:
+            row = s.get(Service, service_id)
+            if row is None:
+                raise NotFound(f"service {service_id} not found", reason="service")
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = utcnow()
+            s.flush()
+            return ServiceInfo.of(row)
+
+    def delete(self, service_id: int) -> None:
+        with self.store.write() as s:
+            row = s.get(Service, service_id)
+            if row is None:
+                raise NotFound(f"service {service_id} not found", reason="service")
+            s.delete(row)
+
+    def resolve_service(self, principal, endpoint: str, kind: str) -> ServiceInfo:
+        """The service a request names, checked against the caller and the URL's kind.
+
+        Only the owning account may call a service (admins included: an admin who wants
+        to try another account's model creates a service of their own).
+        """
+        with self.store.read() as s:
+            row = s.scalar(select(Service).where(Service.endpoint == endpoint))
+            if row is None:
+                raise NotFound(f"service {endpoint!r} not found", reason="service")
+            info = ServiceInfo.of(row)
+        if info.account_id != principal.account_id:
+            raise PermissionDenied(f"no permission to use service {endpoint!r}")
+        if info.kind != kind:
+            raise NotFound(f"service {endpoint!r} is a {info.kind} service; call it on the "
+                           f"{info.kind} path", reason="service_kind")
+        return info

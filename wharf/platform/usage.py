@@ -1,0 +1,105 @@
+"""Usage records: exactly one per request_id, and aggregation for the admin API / CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+
+from wharf.errors import InvalidParam
+from wharf.platform.models import Service, UsageRecord, utcnow
+from wharf.platform.quota import DEFAULT_TZ
+from wharf.platform.store import Store
+
+GROUPS = ("day", "model", "service", "account")
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str                  # the day (ISO), model name, service endpoint or account id
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    generated_chars: int
+    errors: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class UsageLog:
+    def __init__(self, store: Store, tz: str = DEFAULT_TZ):
+        self.store = store
+        self.tz = ZoneInfo(tz)
+
+    def record_usage(self, *, request_id: str, account_id: int, model: str, dialect: str,
+                     credential_id: int | None = None, service_id: int | None = None,
+                     prompt_tokens: int = 0, completion_tokens: int = 0, generated_chars: int = 0,
+                     n: int = 1, status: str = "ok", ttft_ms: int | None = None,
+                     latency_ms: int | None = None, user: str | None = None,
+                     created_at: dt.datetime | None = None) -> bool:
+        """Insert the record for this request; a second call with the same request_id is
+        ignored. Returns True when this call inserted it.
+        status: "ok" | "cancelled" | "blocked" | "error:<kind>"."""
+        if not request_id or len(request_id) > 64:
+            raise InvalidParam("request_id must be 1-64 characters", param="request_id")
+        created_at = created_at or utcnow()
+        values = dict(request_id=request_id, account_id=account_id, credential_id=credential_id,
+                      service_id=service_id, model=(model or "")[:128], dialect=(dialect or "")[:16],
+                      prompt_tokens=int(prompt_tokens or 0), completion_tokens=int(completion_tokens or 0),
+                      generated_chars=int(generated_chars or 0), n=int(n or 1), status=(status or "ok")[:64],
+                      ttft_ms=None if ttft_ms is None else int(ttft_ms),
+                      latency_ms=None if latency_ms is None else int(latency_ms),
+                      user=None if user is None else str(user)[:128], created_at=created_at,
+                      day=created_at.astimezone(self.tz).date())
+        with self.store.write() as s:
+            res = s.execute(self.store.insert(UsageRecord).values(**values)
+                            .on_conflict_do_nothing(index_elements=["request_id"]))
+            return res.rowcount == 1
+
+    def usage_summary(self, account_id: int | None = None, since: dt.date | None = None,
+                      until: dt.date | None = None, group_by: str = "day") -> list[UsageRow]:
+        """Totals per day / model / service / account over days [since, until] (quota-timezone
+        days, both ends included), optionally for one account."""
+        if group_by not in GROUPS:
+            raise InvalidParam(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
+        U = UsageRecord
+        key = {"day": U.day, "model": U.model, "service": U.service_id, "account": U.account_id}[group_by]
+        q = select(key, func.count(U.id), func.coalesce(func.sum(U.prompt_tokens), 0),
+                   func.coalesce(func.sum(U.completion_tokens), 0),
+                   func.coalesce(func.sum(U.generated_chars), 0),
+                   func.count(U.id).filter(U.status.like("error:%"))).group_by(key).order_by(key)
+        if account_id is not None:
+            q = q.where(U.account_id == account_id)
+        if since is not None:
+            q = q.where(U.day >= since)
+        if until is not None:
+            q = q.where(U.day <= until)
+        with self.store.read() as s:
+            rows = s.execute(q).all()
+            names = {}
+            if group_by == "service":
+                ids = [r[0] for r in rows if r[0] is not None]
+                if ids:
+                    names = dict(s.execute(select(Service.id, Service.endpoint).where(Service.id.in_(ids))).all())
+        out = []
+        for k, req, pt, ct, ch, err in rows:
+            if group_by == "day":
+                label = k.isoformat() if hasattr(k, "isoformat") else str(k)
+            elif group_by == "service":
+                label = "-" if k is None else names.get(k, f"#{k} (deleted)")
+            else:
+                label = str(k)
+            out.append(UsageRow(label, int(req), int(pt), int(ct), int(ch), int(err or 0)))
+        return out
+
+    def records(self, account_id: int | None = None, limit: int = 100) -> list[dict]:
+        """The newest records (for the console), newest first."""
+        q = select(UsageRecord).order_by(UsageRecord.id.desc()).limit(max(1, min(limit, 1000)))
+        if account_id is not None:
+            q = q.where(UsageRecord.account_id == account_id)
+        with self.store.read() as s:
+            return [{c.name: getattr(r, c.key) for c in UsageRecord.__table__.columns}
+                    for r in s.scalars(q)]
