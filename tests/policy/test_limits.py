@@ -249,6 +249,7 @@ def test_async_usage(make):
                 await lim.aacquire(s, tokens=10)
             assert ei.value.reason == "concurrency"
             await lease.aadjust_tokens(10)
+            await lease.arefresh()
         assert lease.released
         lease2 = await lim.aacquire(s, tokens=90)             # 90 left after the refund
         await lease2.arelease()

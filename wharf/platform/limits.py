@@ -186,6 +186,10 @@ class Lease:
         if not self._released:
             self.limiter._refresh(self._conc, self.id, ttl or self.limiter.lease_ttl)
 
+    async def arefresh(self, ttl: float | None = None) -> None:
+        if not self._released:
+            await asyncio.to_thread(self.refresh, ttl)
+
     def __enter__(self) -> "Lease":
         return self
 
