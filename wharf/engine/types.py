@@ -17,7 +17,7 @@ class FinishReason(str, enum.Enum):
 
 @dataclass
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int | None = 16     # None: whatever the context window leaves
     temperature: float = 1.0          # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0                    # 0 = off

@@ -1,0 +1,120 @@
+"""The engine facade: tokenize and validate a request, run it through the scheduler,
+and hand its chunks to asyncio code. No HTTP, no accounts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from wharf.engine.backends.base import ModelRunner
+from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from wharf.engine.sampling import SamplerRow, make_generator
+from wharf.engine.scheduler import Group, Scheduler, Sequence
+from wharf.engine.types import Chunk, EngineStats, GenerationRequest, ModelInfo
+from wharf.errors import ContextLengthExceeded, InvalidParam
+
+
+@dataclass
+class PreparedRequest:
+    request: GenerationRequest
+    prompt_ids: list[int]
+    prompt_text: str
+    max_tokens: int
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, tokenizer, info: ModelInfo, *, eos_ids: set[int],
+                 max_queue: int, prefill_chunk: int):
+        self.tokenizer = tokenizer
+        self.info = info
+        self.scheduler = Scheduler(runner, tokenizer, eos_ids=eos_ids, max_queue=max_queue,
+                                   prefill_chunk=prefill_chunk)
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    def render_chat(self, messages: list[dict]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            # Models without a template (base models such as Pythia): a plain transcript.
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nassistant:"
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Tokenize and check the window; raises ContextLengthExceeded / InvalidParam."""
+        if request.messages is not None:
+            text = self.render_chat(request.messages)
+            ids = self.tokenize(text, special=False)
+            prompt_param = "messages"
+        else:
+            text = request.prompt or ""
+            ids = self.tokenize(text)
+            prompt_param = "prompt"
+        if not ids:  # an empty prompt still needs one position to start from
+            start = self.tokenizer.bos_token_id
+            ids = [start if start is not None else self.tokenizer.eos_token_id]
+        window = self.context_length
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is None:
+            max_tokens = window - len(ids)
+            if max_tokens < 1:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {window} tokens; the {prompt_param} "
+                    f"alone has {len(ids)} tokens.", param=prompt_param)
+        elif max_tokens < 1:
+            raise InvalidParam("max_tokens must be at least 1", param="max_tokens")
+        elif len(ids) + max_tokens > window:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {prompt_param}, {max_tokens} "
+                f"in the completion). Please reduce the length of the {prompt_param} or completion.",
+                param="max_tokens")
+        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
+
+    async def generate(self, prepared: PreparedRequest | GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream chunks of every choice; raises WharfError (Overloaded, Timeout, ...)."""
+        if isinstance(prepared, GenerationRequest):
+            prepared = self.prepare(prepared)
+        req = prepared.request
+        params = req.sampling
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def emit(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone; nobody is listening
+                pass
+
+        group = Group(request_id=req.request_id, prompt_ids=prepared.prompt_ids, params=params,
+                      max_tokens=prepared.max_tokens, emit=emit, deadline=req.deadline)
+        for i in range(params.n):
+            seed = None if params.seed is None else params.seed + i
+            row = SamplerRow(params=params, generator=make_generator(seed))
+            group.seqs.append(Sequence(group=group, index=i, row=row,
+                                       detok=IncrementalDetokenizer(self.tokenizer, prepared.prompt_ids),
+                                       stops=StopMatcher(params.stop),
+                                       token_ids=list(prepared.prompt_ids)))
+        self.scheduler.submit(group)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            if not group.done:
+                self.scheduler.abort(group)
+
+    def stats(self) -> EngineStats:
+        return self.scheduler.stats()
+
+    def shutdown(self) -> None:
+        self.scheduler.shutdown()

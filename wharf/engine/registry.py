@@ -1,0 +1,95 @@
+"""Model registry: registered names -> local weights -> running engines; aliases on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from wharf.engine.backends import torch_llama
+from wharf.engine.backends.torch_generic import GenericRunner
+from wharf.engine.engine import Engine
+from wharf.engine.loader import EMBEDDED_IDENTITY, embedded_model_path, load_weights
+from wharf.engine.types import ModelInfo
+from wharf.errors import NotFound
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    path: Path
+    identity: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+
+def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
+                 max_model_len: int, max_queue: int, prefill_chunk: int, log=lambda m: None) -> Engine:
+    weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
+    model, tokenizer = weights.model, weights.tokenizer
+    window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
+                 max_model_len)
+    if torch_llama.supports(model):
+        runner, kind = torch_llama.LlamaRunner(model, max_slots=max_batch_size, max_len=window), "torch-llama"
+    else:
+        runner, kind = GenericRunner(model, max_slots=max_batch_size, max_len=window), "torch-generic"
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(tokenizer.eos_token_id)
+    info = ModelInfo(name=spec.name, identity=weights.identity, path=str(spec.path), backend=kind,
+                     context_length=window, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                     aliases=list(spec.aliases))
+    return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
+                  prefill_chunk=prefill_chunk)
+
+
+def default_spec(name: str) -> ModelSpec:
+    return ModelSpec(name=name, path=embedded_model_path(), identity=EMBEDDED_IDENTITY)
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self.engines: dict[str, Engine] = {}
+        self.aliases: dict[str, str] = {}
+
+    def add(self, engine: Engine) -> None:
+        self.engines[engine.info.name] = engine
+        for alias in engine.info.aliases:
+            self.aliases[alias] = engine.info.name
+
+    def add_alias(self, alias: str, target: str) -> None:
+        if target not in self.engines:
+            raise NotFound(f"alias {alias!r} points at unknown model {target!r}", reason="model")
+        self.aliases[alias] = target
+        self.engines[target].info.aliases.append(alias)
+
+    def resolve(self, name: str) -> Engine:
+        engine = self.engines.get(name) or self.engines.get(self.aliases.get(name, ""))
+        if engine is None:
+            raise NotFound(f"The model `{name}` does not exist.", reason="model", param="model")
+        return engine
+
+    def names(self) -> list[str]:
+        return [*self.engines, *self.aliases]
+
+    def list(self) -> list[ModelInfo]:
+        return [e.info for e in self.engines.values()]
+
+    def shutdown(self) -> None:
+        for engine in self.engines.values():
+            engine.shutdown()
+
+
+def load_registry(specs: list[ModelSpec], aliases: dict[str, str], **engine_kw) -> ModelRegistry:
+    registry = ModelRegistry()
+    for spec in specs:
+        registry.add(build_engine(spec, **engine_kw))
+    for alias, target in aliases.items():
+        registry.add_alias(alias, target)
+    return registry
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
