@@ -55,9 +55,11 @@ class UsageLog:
                       user=None if user is None else str(user)[:128], created_at=created_at,
                       day=created_at.astimezone(self.tz).date())
         with self.store.write() as s:
+            # RETURNING (not rowcount, which ORM-enabled inserts do not report reliably).
             res = s.execute(self.store.insert(UsageRecord).values(**values)
-                            .on_conflict_do_nothing(index_elements=["request_id"]))
-            return res.rowcount == 1
+                            .on_conflict_do_nothing(index_elements=["request_id"])
+                            .returning(UsageRecord.id))
+            return res.first() is not None
 
     def usage_summary(self, account_id: int | None = None, since: dt.date | None = None,
                       until: dt.date | None = None, group_by: str = "day") -> list[UsageRow]:
