@@ -1,0 +1,396 @@
+"""Admin API (/admin/api): accounts, credentials, services, usage, quota. JSON only.
+
+Auth: `Authorization: Bearer <API key>`. An admin account's key may manage
+everything; any other account's key manages only that account's own
+credentials, services and usage (the console signs non-admin users in too).
+Asking for another account explicitly (?account_id= / "account_id") is 403;
+another account's object by id is 404, so ids of others' objects leak nothing.
+
+Errors: {"error": {"message", "type", "param"}} with 401 (auth), 403, 404,
+409 (duplicate), 400 (a value the platform rejects), 422 (body/query schema).
+
+Needs request.app.state.platform (wharf.platform.core.Platform) and, to check
+model names, request.app.state.registry with .names() -> list[str].
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, PermissionDenied,
+                          QuotaExceeded, RateLimited, WharfError)
+from wharf.platform.auth import Principal
+
+STATUS = {AuthError: 401, PermissionDenied: 403, NotFound: 404, Conflict: 409, InvalidParam: 400,
+          InvalidRequest: 400, QuotaExceeded: 429, RateLimited: 429}
+
+
+def error_body(message: str, type_: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param}}
+
+
+def _status(err: WharfError) -> int:
+    for cls in type(err).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+class AdminRoute(APIRoute):
+    """Turns platform errors and schema errors into the admin API's JSON error shape."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except WharfError as e:
+                status = _status(e)
+                msg = e.message if status < 500 else "internal error"
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return JSONResponse(error_body(msg, e.kind, e.param), status_code=status, headers=headers)
+            except RequestValidationError as e:
+                errs = e.errors()
+                first = errs[0] if errs else {}
+                loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+                return JSONResponse(error_body(first.get("msg", "invalid request"), "invalid_param",
+                                               ".".join(loc) or None), status_code=422)
+
+        return wrapped
+
+
+# -- schemas ---------------------------------------------------------------------------
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class AccountOut(_Out):
+    id: int
+    name: str
+    status: str
+    is_admin: bool
+    created_at: dt.datetime
+    quota_chars_per_day: int | None
+    quota_tokens_per_day: int | None
+    rpm: int | None
+    tpm: int | None
+    qps: int | None
+    max_concurrency: int | None
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    qps: int | None = Field(None, ge=0)
+    max_concurrency: int | None = Field(None, ge=0)
+
+
+class AccountLimits(Limits):
+    quota_chars_per_day: int | None = Field(None, ge=0)
+    quota_tokens_per_day: int | None = Field(None, ge=0)
+
+
+class AccountCreate(AccountLimits):
+    name: str = Field(min_length=1, max_length=64)
+    is_admin: bool = False
+
+
+class CredentialOut(_Out):
+    id: int
+    account_id: int
+    kind: str
+    label: str
+    public_id: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    rpm: int | None
+    tpm: int | None
+    qps: int | None
+    max_concurrency: int | None
+
+
+class CredentialCreate(Limits):
+    account_id: int | None = None
+    kind: Literal["api_key", "qianfan_app", "qianfan_iam", "sensenova"] = "api_key"
+    label: str = Field("", max_length=128)
+
+
+class IssuedCredentialOut(BaseModel):
+    """Shown once. api_key: `api_key`; qianfan_app: `api_key` + `secret_key`;
+    qianfan_iam: `access_key` + `secret_key`; sensenova: `access_key_id` + `secret_access_key`.
+    `public_id` / `secret` carry the same values for every kind."""
+
+    credential: CredentialOut
+    public_id: str
+    secret: str
+    api_key: str | None = None
+    key_prefix: str | None = None
+    secret_key: str | None = None
+    access_key: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class ServiceOut(_Out):
+    id: int
+    account_id: int
+    endpoint: str
+    model: str
+    kind: str
+    description: str
+    rpm: int | None
+    tpm: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ServiceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account_id: int | None = None
+    endpoint: str = Field(min_length=1, max_length=64)
+    model: str = Field(min_length=1, max_length=128)
+    kind: Literal["completions", "chat"]
+    description: str = Field("", max_length=1024)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+
+
+class ServiceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, min_length=1, max_length=128)
+    kind: Literal["completions", "chat"] | None = None
+    description: str | None = Field(None, max_length=1024)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+
+
+class UsageRowOut(_Out):
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    generated_chars: int
+    errors: int
+
+
+class UsageOut(BaseModel):
+    account_id: int | None
+    since: dt.date
+    until: dt.date
+    group_by: str
+    rows: list[UsageRowOut]
+
+
+class QuotaOut(_Out):
+    account_id: int
+    day: dt.date
+    chars_limit: int | None
+    tokens_limit: int | None
+    chars_used: int
+    tokens_used: int
+    chars_reserved: int
+    tokens_reserved: int
+
+
+class MeOut(BaseModel):
+    account: AccountOut
+    credential_id: int
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _platform(request: Request):
+    return request.app.state.platform
+
+
+def _model_check(request: Request):
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        return None
+    return lambda name: name in set(registry.names())
+
+
+def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header[:7].lower() == "bearer " else header
+    if not token.strip():
+        raise AuthError("missing admin API key (Authorization: Bearer <key>)", reason="missing")
+    return _platform(request).authenticator.bearer(token.strip())
+
+
+def _require_admin(p: Principal) -> None:
+    if not p.is_admin:
+        raise PermissionDenied("this needs an admin account")
+
+
+def _target_account(p: Principal, account_id: int | None) -> int:
+    """The account a request acts on: its own unless an admin names another."""
+    if account_id is None or account_id == p.account_id:
+        return p.account_id
+    if not p.is_admin:
+        raise PermissionDenied("you may only manage your own account")
+    return account_id
+
+
+def _owned(p: Principal, obj, what: str):
+    if obj.account_id != p.account_id and not p.is_admin:
+        raise NotFound(f"{what} not found", reason=what)
+    return obj
+
+
+def _set_fields(model: BaseModel) -> dict:
+    return model.model_dump(exclude_unset=True)
+
+
+# -- routes ----------------------------------------------------------------------------
+
+def build_admin_router() -> APIRouter:
+    r = APIRouter(prefix="/admin/api", tags=["admin"], route_class=AdminRoute)
+    P = Depends(principal)
+
+    @r.get("/me", response_model=MeOut)
+    def me(request: Request, p: Principal = P):
+        return MeOut(account=AccountOut.model_validate(_platform(request).accounts.get(p.account_id)),
+                     credential_id=p.credential_id)
+
+    @r.get("/models", response_model=list[str])
+    def models(request: Request, p: Principal = P):
+        registry = getattr(request.app.state, "registry", None)
+        return sorted(registry.names()) if registry is not None else []
+
+    # accounts
+    @r.get("/accounts", response_model=list[AccountOut])
+    def list_accounts(request: Request, p: Principal = P):
+        acc = _platform(request).accounts
+        return acc.list() if p.is_admin else [acc.get(p.account_id)]
+
+    @r.post("/accounts", response_model=AccountOut, status_code=201)
+    def create_account(body: AccountCreate, request: Request, p: Principal = P):
+        _require_admin(p)
+        f = _set_fields(body)
+        name, is_admin = f.pop("name"), f.pop("is_admin", False)
+        return _platform(request).accounts.create(name, is_admin=is_admin, **f)
+
+    @r.get("/accounts/{account_id}", response_model=AccountOut)
+    def get_account(account_id: int, request: Request, p: Principal = P):
+        if account_id != p.account_id and not p.is_admin:
+            raise NotFound("account not found", reason="account")
+        return _platform(request).accounts.get(account_id)
+
+    @r.patch("/accounts/{account_id}", response_model=AccountOut)
+    def update_account(account_id: int, body: AccountLimits, request: Request, p: Principal = P):
+        _require_admin(p)
+        return _platform(request).accounts.update_limits(account_id, **_set_fields(body))
+
+    @r.post("/accounts/{account_id}/disable", response_model=AccountOut)
+    def disable_account(account_id: int, request: Request, p: Principal = P):
+        _require_admin(p)
+        if account_id == p.account_id:
+            raise InvalidParam("an admin cannot disable its own account", param="account_id")
+        return _platform(request).accounts.disable(account_id)
+
+    @r.post("/accounts/{account_id}/enable", response_model=AccountOut)
+    def enable_account(account_id: int, request: Request, p: Principal = P):
+        _require_admin(p)
+        return _platform(request).accounts.enable(account_id)
+
+    # credentials
+    @r.get("/credentials", response_model=list[CredentialOut])
+    def list_credentials(request: Request, account_id: int | None = None, all: bool = False,
+                         p: Principal = P):
+        cred = _platform(request).credentials
+        if all and p.is_admin and account_id is None:
+            return cred.list()
+        return cred.list(_target_account(p, account_id))
+
+    @r.post("/credentials", response_model=IssuedCredentialOut, status_code=201)
+    def create_credential(body: CredentialCreate, request: Request, p: Principal = P):
+        f = _set_fields(body)
+        target = _target_account(p, f.pop("account_id", None))
+        kind, label = f.pop("kind", "api_key"), f.pop("label", "")
+        issued = _platform(request).credentials.create(target, kind, label=label, **f)
+        return IssuedCredentialOut(**issued.to_dict())
+
+    @r.get("/credentials/{credential_id}", response_model=CredentialOut)
+    def get_credential(credential_id: int, request: Request, p: Principal = P):
+        return _owned(p, _platform(request).credentials.get(credential_id), "credential")
+
+    @r.post("/credentials/{credential_id}/revoke", response_model=CredentialOut)
+    def revoke_credential(credential_id: int, request: Request, p: Principal = P):
+        cred = _platform(request).credentials
+        _owned(p, cred.get(credential_id), "credential")
+        return cred.revoke(credential_id)
+
+    @r.delete("/credentials/{credential_id}", response_model=CredentialOut)
+    def delete_credential(credential_id: int, request: Request, p: Principal = P):
+        """Same as revoke: credentials are kept (revoked) so usage still names them."""
+        return revoke_credential(credential_id, request, p)
+
+    # services
+    @r.get("/services", response_model=list[ServiceOut])
+    def list_services(request: Request, account_id: int | None = None, all: bool = False,
+                      p: Principal = P):
+        svc = _platform(request).services
+        if all and p.is_admin and account_id is None:
+            return svc.list()
+        return svc.list(_target_account(p, account_id))
+
+    @r.post("/services", response_model=ServiceOut, status_code=201)
+    def create_service(body: ServiceCreate, request: Request, p: Principal = P):
+        f = _set_fields(body)
+        target = _target_account(p, f.pop("account_id", None))
+        return _platform(request).services.create(
+            target, f.pop("endpoint"), f.pop("model"), f.pop("kind"), f.pop("description", ""),
+            model_exists=_model_check(request), **f)
+
+    @r.get("/services/{service_id}", response_model=ServiceOut)
+    def get_service(service_id: int, request: Request, p: Principal = P):
+        return _owned(p, _platform(request).services.get(service_id), "service")
+
+    @r.patch("/services/{service_id}", response_model=ServiceOut)
+    def update_service(service_id: int, body: ServiceUpdate, request: Request, p: Principal = P):
+        svc = _platform(request).services
+        _owned(p, svc.get(service_id), "service")
+        f = _set_fields(body)
+        for k in ("model", "kind", "description"):
+            if k in f and f[k] is None:
+                raise InvalidParam(f"{k} cannot be null", param=k)
+        return svc.update(service_id, model_exists=_model_check(request), **f)
+
+    @r.delete("/services/{service_id}", status_code=204)
+    def delete_service(service_id: int, request: Request, p: Principal = P):
+        svc = _platform(request).services
+        _owned(p, svc.get(service_id), "service")
+        svc.delete(service_id)
+        return Response(status_code=204)
+
+    # usage and quota
+    @r.get("/usage", response_model=UsageOut)
+    def usage(request: Request, account_id: int | None = None, all: bool = False,
+              days: int = Query(7, ge=1, le=3660), since: dt.date | None = None,
+              until: dt.date | None = None,
+              group_by: Literal["day", "model", "service", "account"] = "day", p: Principal = P):
+        plat = _platform(request)
+        target = None if (all and p.is_admin and account_id is None) else _target_account(p, account_id)
+        until = until or plat.quota.today()
+        since = since or (until - dt.timedelta(days=days - 1))
+        rows = plat.usage.usage_summary(target, since, until, group_by)
+        return UsageOut(account_id=target, since=since, until=until, group_by=group_by,
+                        rows=[UsageRowOut.model_validate(x) for x in rows])
+
+    @r.get("/quota", response_model=QuotaOut)
+    def quota(request: Request, account_id: int | None = None, p: Principal = P):
+        return _platform(request).quota.status(_target_account(p, account_id))
+
+    return r
