@@ -1,7 +1,341 @@
-"""Admin commands (accounts, keys, services, usage). Filled in by the platform-core work."""
+"""Admin commands: `wharf accounts|keys|services|usage ...`.
+
+By default they work on the local store (the database and secret key that
+Settings name: WHARF_DATA_DIR, WHARF_DATABASE_URL, WHARF_SECRET_KEY). With
+`--server URL --admin-key KEY` (or env WHARF_SERVER / WHARF_ADMIN_KEY) they
+call a running server's admin API instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from wharf.errors import WharfError
+
+console = Console()
+err_console = Console(stderr=True)
+
+Server = Annotated[str | None, typer.Option("--server", envvar="WHARF_SERVER",
+                                            help="Use a running server's admin API at this URL.")]
+AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="WHARF_ADMIN_KEY",
+                                              help="API key for --server (an admin account's key).")]
+KINDS = ("api_key", "qianfan_app", "qianfan_iam", "sensenova")
+
+
+class CliError(Exception):
+    pass
+
+
+# -- backends: the same operations on the local store or over HTTP --------------------
+
+class Local:
+    def __init__(self):
+        from wharf.config import Settings
+        from wharf.platform.core import Platform
+
+        self.settings = Settings()
+        self.p = Platform.open(self.settings, model_exists=self._model_exists)
+
+    def _model_exists(self, name: str) -> bool:
+        s = self.settings
+        names = set(s.models) | set(s.aliases)
+        if s.load_default_model:
+            names.add(s.default_model)
+        return name in names
+
+    def _acc(self, ref) -> int:
+        if ref is None:
+            raise CliError("--account is required when working on the local store")
+        return self.p.accounts.resolve(ref).id
+
+    def accounts_create(self, name, is_admin, limits):
+        return self.p.accounts.create(name, is_admin=is_admin, **limits).to_dict()
+
+    def accounts_list(self):
+        return [a.to_dict() for a in self.p.accounts.list()]
+
+    def accounts_status(self, ref, status):
+        return self.p.accounts.set_status(self._acc(ref), status).to_dict()
+
+    def keys_create(self, account, kind, label):
+        return self.p.credentials.create(self._acc(account), kind, label=label).to_dict()
+
+    def keys_list(self, account):
+        return [c.to_dict() for c in self.p.credentials.list(None if account is None else self._acc(account))]
+
+    def keys_revoke(self, cred_id):
+        return self.p.credentials.revoke(cred_id).to_dict()
+
+    def services_create(self, account, endpoint, model, kind, description):
+        return self.p.services.create(self._acc(account), endpoint, model, kind, description).to_dict()
+
+    def services_list(self, account):
+        return [s.to_dict() for s in self.p.services.list(None if account is None else self._acc(account))]
+
+    def services_delete(self, ref):
+        svc = self.p.services.get(int(ref)) if ref.isdigit() else self.p.services.get_by_endpoint(ref)
+        self.p.services.delete(svc.id)
+        return svc.to_dict()
+
+    def usage(self, account, days, group_by):
+        acc = None if account is None else self._acc(account)
+        until = self.p.quota.today()
+        since = until - dt.timedelta(days=days - 1)
+        return [r.to_dict() for r in self.p.usage.usage_summary(acc, since, until, group_by)]
+
+    def close(self):
+        self.p.close()
+
+
+class Remote:
+    def __init__(self, server: str, key: str | None):
+        import httpx
+
+        if not key:
+            raise CliError("--admin-key (or WHARF_ADMIN_KEY) is needed with --server")
+        self.http = httpx.Client(base_url=server.rstrip("/") + "/admin/api",
+                                 headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def _call(self, method, path, **kw) -> Any:
+        import httpx
+
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise CliError(f"cannot reach the server: {e}") from None
+        if r.status_code >= 400:
+            try:
+                msg = r.json()["error"]["message"]
+            except Exception:
+                msg = r.text[:200]
+            raise CliError(f"server said {r.status_code}: {msg}")
+        return None if r.status_code == 204 else r.json()
+
+    def _acc(self, ref) -> int | None:
+        if ref is None:
+            return None
+        if str(ref).isdigit():
+            return int(ref)
+        for a in self._call("GET", "/accounts"):
+            if a["name"] == ref:
+                return a["id"]
+        raise CliError(f"account {ref!r} not found")
+
+    def accounts_create(self, name, is_admin, limits):
+        return self._call("POST", "/accounts", json={"name": name, "is_admin": is_admin, **limits})
+
+    def accounts_list(self):
+        return self._call("GET", "/accounts")
+
+    def accounts_status(self, ref, status):
+        return self._call("POST", f"/accounts/{self._acc(ref)}/{'enable' if status == 'active' else 'disable'}")
+
+    def keys_create(self, account, kind, label):
+        return self._call("POST", "/credentials", json={"account_id": self._acc(account), "kind": kind,
+                                                        "label": label})
+
+    def keys_list(self, account):
+        acc = self._acc(account)
+        return self._call("GET", "/credentials", params={"all": True} if acc is None else {"account_id": acc})
+
+    def keys_revoke(self, cred_id):
+        return self._call("POST", f"/credentials/{cred_id}/revoke")
+
+    def services_create(self, account, endpoint, model, kind, description):
+        return self._call("POST", "/services", json={"account_id": self._acc(account), "endpoint": endpoint,
+                                                     "model": model, "kind": kind, "description": description})
+
+    def services_list(self, account):
+        acc = self._acc(account)
+        return self._call("GET", "/services", params={"all": True} if acc is None else {"account_id": acc})
+
+    def services_delete(self, ref):
+        if not ref.isdigit():
+            match = [s for s in self._call("GET", "/services", params={"all": True}) if s["endpoint"] == ref]
+            if not match:
+                raise CliError(f"service {ref!r} not found")
+            ref = str(match[0]["id"])
+        svc = self._call("GET", f"/services/{ref}")
+        self._call("DELETE", f"/services/{ref}")
+        return svc
+
+    def usage(self, account, days, group_by):
+        acc = self._acc(account)
+        params = {"days": days, "group_by": group_by, **({"all": True} if acc is None else {"account_id": acc})}
+        return self._call("GET", "/usage", params=params)["rows"]
+
+    def close(self):
+        self.http.close()
+
+
+def _run(server, admin_key, fn):
+    """Open the backend, run fn(backend), turn every expected failure into exit code 1."""
+    backend = None
+    try:
+        backend = Remote(server, admin_key) if server else Local()
+        return fn(backend)
+    except (WharfError, CliError) as e:
+        err_console.print(f"[red]error:[/red] {getattr(e, 'message', None) or e}")
+        raise typer.Exit(1) from None
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _table(title: str, rows: list[dict], cols: list[str]) -> None:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        vals = []
+        for c in cols:
+            v = r.get(c)
+            if isinstance(v, (dt.datetime,)):
+                v = v.strftime("%Y-%m-%d %H:%M")
+            elif isinstance(v, str) and len(v) > 19 and v[4:5] == "-" and "T" in v:
+                v = v[:16].replace("T", " ")
+            vals.append("" if v is None else str(v))
+        t.add_row(*vals)
+    console.print(t)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+accounts_app = typer.Typer(help="Accounts: create, list, disable, enable.", no_args_is_help=True)
+keys_app = typer.Typer(help="Credentials: API keys, Qianfan app/IAM keys, SenseNova keys.", no_args_is_help=True)
+services_app = typer.Typer(help="Services: an endpoint bound to a model and a kind.", no_args_is_help=True)
+
+ACCOUNT_COLS = ["id", "name", "status", "is_admin", "quota_chars_per_day", "quota_tokens_per_day", "rpm",
+                "tpm", "created_at"]
+
+
+@accounts_app.command("create")
+def accounts_create(name: str,
+                    admin: Annotated[bool, typer.Option("--admin", help="An admin account.")] = False,
+                    quota_chars: Annotated[int | None, typer.Option(min=0, help="Generated characters a day.")] = None,
+                    quota_tokens: Annotated[int | None, typer.Option(min=0, help="Tokens a day.")] = None,
+                    rpm: Annotated[int | None, typer.Option(min=0)] = None,
+                    tpm: Annotated[int | None, typer.Option(min=0)] = None,
+                    qps: Annotated[int | None, typer.Option(min=0)] = None,
+                    max_concurrency: Annotated[int | None, typer.Option(min=0)] = None,
+                    server: Server = None, admin_key: AdminKey = None):
+    """Create an account."""
+    limits = {k: v for k, v in dict(quota_chars_per_day=quota_chars, quota_tokens_per_day=quota_tokens,
+                                    rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency).items()
+              if v is not None}
+    a = _run(server, admin_key, lambda b: b.accounts_create(name, admin, limits))
+    _table("account created", [a], ACCOUNT_COLS)
+
+
+@accounts_app.command("list")
+def accounts_list(server: Server = None, admin_key: AdminKey = None):
+    """List accounts."""
+    _table("accounts", _run(server, admin_key, lambda b: b.accounts_list()), ACCOUNT_COLS)
+
+
+@accounts_app.command("disable")
+def accounts_disable(account: Annotated[str, typer.Argument(help="Account name or id.")],
+                     server: Server = None, admin_key: AdminKey = None):
+    """Disable an account: its credentials stop working at once."""
+    a = _run(server, admin_key, lambda b: b.accounts_status(account, "disabled"))
+    console.print(f"account {a['name']} is now {a['status']}")
+
+
+@accounts_app.command("enable")
+def accounts_enable(account: Annotated[str, typer.Argument(help="Account name or id.")],
+                    server: Server = None, admin_key: AdminKey = None):
+    """Enable a disabled account."""
+    a = _run(server, admin_key, lambda b: b.accounts_status(account, "active"))
+    console.print(f"account {a['name']} is now {a['status']}")
+
+
+KEY_COLS = ["id", "account_id", "kind", "public_id", "label", "created_at", "last_used_at", "revoked_at"]
+SECRET_NAMES = {"api_key": [("API key", "api_key")],
+                "qianfan_app": [("API Key (client_id)", "api_key"), ("Secret Key (client_secret)", "secret_key")],
+                "qianfan_iam": [("Access Key", "access_key"), ("Secret Key", "secret_key")],
+                "sensenova": [("Access key id", "access_key_id"), ("Secret access key", "secret_access_key")]}
+
+
+@keys_app.command("create")
+def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", help="Account name or id.")] = None,
+                kind: Annotated[str, typer.Option("--kind", "-k", help="api_key | qianfan_app | qianfan_iam | sensenova")]
+                = "api_key",
+                label: Annotated[str, typer.Option("--label", "-l")] = "",
+                server: Server = None, admin_key: AdminKey = None):
+    """Create a credential; its secret is shown now and never again."""
+    if kind not in KINDS:
+        err_console.print(f"[red]error:[/red] --kind must be one of {', '.join(KINDS)}")
+        raise typer.Exit(2)
+    issued = _run(server, admin_key, lambda b: b.keys_create(account, kind, label))
+    cred = issued["credential"]
+    console.print(f"credential {cred['id']} ({kind}) for account {cred['account_id']}")
+    for title, key in SECRET_NAMES[kind]:
+        console.print(f"  {title}: {issued[key]}", soft_wrap=True, highlight=False)
+    console.print("[yellow]Store the secret now: it cannot be shown again.[/yellow]")
+
+
+@keys_app.command("list")
+def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
+              server: Server = None, admin_key: AdminKey = None):
+    """List credentials (never their secrets)."""
+    _table("credentials", _run(server, admin_key, lambda b: b.keys_list(account)), KEY_COLS)
+
+
+@keys_app.command("revoke")
+def keys_revoke(credential_id: int, server: Server = None, admin_key: AdminKey = None):
+    """Revoke a credential: the next request with it fails."""
+    c = _run(server, admin_key, lambda b: b.keys_revoke(credential_id))
+    console.print(f"credential {c['id']} ({c['kind']} {c['public_id']}) revoked")
+
+
+SERVICE_COLS = ["id", "account_id", "endpoint", "kind", "model", "description", "rpm", "tpm", "created_at"]
+
+
+@services_app.command("create")
+def services_create(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
+                    endpoint: Annotated[str, typer.Option("--endpoint", "-e", help="The API address, e.g. ngxxol17_1234")]
+                    = ...,
+                    model: Annotated[str, typer.Option("--model", "-m")] = ...,
+                    kind: Annotated[str, typer.Option("--kind", "-k", help="completions | chat")] = "chat",
+                    description: Annotated[str, typer.Option("--description", "-d")] = "",
+                    server: Server = None, admin_key: AdminKey = None):
+    """Create a service (Qianfan's 创建服务: an API address bound to a model)."""
+    s = _run(server, admin_key, lambda b: b.services_create(account, endpoint, model, kind, description))
+    _table("service created", [s], SERVICE_COLS)
+
+
+@services_app.command("list")
+def services_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
+                  server: Server = None, admin_key: AdminKey = None):
+    """List services."""
+    _table("services", _run(server, admin_key, lambda b: b.services_list(account)), SERVICE_COLS)
+
+
+@services_app.command("delete")
+def services_delete(service: Annotated[str, typer.Argument(help="Endpoint or id.")],
+                    server: Server = None, admin_key: AdminKey = None):
+    """Delete a service."""
+    s = _run(server, admin_key, lambda b: b.services_delete(service))
+    console.print(f"service {s['endpoint']} deleted")
+
+
+def usage(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
+          days: Annotated[int, typer.Option("--days", min=1, max=3660)] = 7,
+          group_by: Annotated[str, typer.Option("--group-by", help="day | model | service | account")] = "day",
+          server: Server = None, admin_key: AdminKey = None):
+    """Usage totals over the last N days (quota-timezone days)."""
+    rows = _run(server, admin_key, lambda b: b.usage(account, days, group_by))
+    _table(f"usage, last {days} day(s), by {group_by}", rows,
+           ["key", "requests", "prompt_tokens", "completion_tokens", "generated_chars", "errors"])
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(accounts_app, name="accounts")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(services_app, name="services")
+    app.command("usage")(usage)
