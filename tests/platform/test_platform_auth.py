@@ -33,6 +33,7 @@ def test_bearer(platform, alice):
     key = platform.credentials.create(alice.id, "api_key").secret
     p = platform.authenticator.bearer(key)
     assert (p.account_id, p.account_name, p.credential_kind, p.is_admin) == (alice.id, "alice", "api_key", False)
+    assert platform.authenticator.bearer(f"Bearer {key}").account_id == alice.id
     assert _reason(platform.authenticator.bearer, key + "x") == "invalid"
     assert _reason(platform.authenticator.bearer, "") == "missing"
     # A Qianfan secret is not an API key.

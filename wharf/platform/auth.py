@@ -140,9 +140,12 @@ class Authenticator:
     # -- OpenAI / WeLM ------------------------------------------------------
     def bearer(self, token: str | None) -> Principal:
         """An API key, bare (the HTTP layer strips an optional "Bearer ")."""
+        token = (token or "").strip()
+        if token[:7].lower() == "bearer ":       # tolerated here too
+            token = token[7:].strip()
         if not token:
             raise AuthError("missing API key", reason="missing")
-        h = hash_key(token.strip())
+        h = hash_key(token)
         found = self._lookup(Credential.secret_hash == h, ("api_key",))
         # The lookup is by hash, so it leaks nothing about the key; compare anyway.
         if found is None or not hmac.compare_digest(found[0].secret_hash or "", h):
