@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_queue: int = 256                     # waiting requests before "overloaded"
     prefill_chunk: int = 256                 # prompt tokens per scheduler step
 
+    lexicon_path: Path | None = None         # sensitive words, one per line
+    quota_timezone: str = "Asia/Shanghai"    # where a quota day begins
+
     request_timeout_s: float = 600.0         # per-request deadline (WeLM 504)
     max_body_bytes: int = 4 * 1024 * 1024
 
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'wharf.db'}"
 
+    model_cache_dir: Path | None = None      # converted weights (default: data_dir/models)
+
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache_dir or self.data_dir / "models"

@@ -1,7 +1,103 @@
-"""`wharf serve`."""
+"""`wharf serve`: load the models, open the platform, serve every dialect."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from wharf.config import Settings
+
+console = Console(stderr=True)
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for value in values or []:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {value!r}", param_hint=flag)
+        out[name.strip()] = target.strip()
+    return out
+
+
+def build_settings(**overrides) -> Settings:
+    """Environment first, then the flags that were given."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_models(settings: Settings):
+    from wharf.engine.registry import ModelSpec, default_spec, load_registry, set_threads
+
+    set_threads(settings.threads)
+    specs = [ModelSpec(name=name, path=Path(path)) for name, path in settings.models.items()]
+    if settings.load_default_model and settings.default_model not in settings.models:
+        specs.insert(0, default_spec(settings.default_model))
+    with console.status("[bold]loading models[/]") as status:
+        def log(msg: str) -> None:
+            status.update(f"[bold]{msg}[/]")
+            console.log(msg)
+        start = time.monotonic()
+        registry = load_registry(specs, settings.aliases, dtype=settings.dtype, cache_dir=settings.cache_dir,
+                                 max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
+                                 max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
+    for info in registry.list():
+        console.log(f"[green]ready[/] {info.name} ({info.identity}, {info.backend}, {info.dtype}, "
+                    f"context {info.context_length}) in {time.monotonic() - start:.1f} s")
+    return registry
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def serve(
+        host: Annotated[Optional[str], typer.Option(help="Address to bind.")] = None,
+        port: Annotated[Optional[int], typer.Option(help="Port to bind.")] = None,
+        model: Annotated[Optional[list[str]], typer.Option(
+            "--model", "-m", help="NAME=PATH of a Hugging Face folder or .gguf file (repeatable).")] = None,
+        alias: Annotated[Optional[list[str]], typer.Option(help="ALIAS=NAME (repeatable).")] = None,
+        no_default_model: Annotated[bool, typer.Option(help="Do not load the embedded SmolLM2.")] = False,
+        dtype: Annotated[Optional[str], typer.Option(help="bfloat16 or float32.")] = None,
+        data_dir: Annotated[Optional[Path], typer.Option(help="Where the database and caches live.")] = None,
+        database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL (default: SQLite).")] = None,
+        redis_url: Annotated[Optional[str], typer.Option(help="Share rate limits through Redis.")] = None,
+        max_batch_size: Annotated[Optional[int], typer.Option(help="Sequences decoded together.")] = None,
+        max_model_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence.")] = None,
+        max_queue: Annotated[Optional[int], typer.Option(help="Waiting requests before 'overloaded'.")] = None,
+        lexicon: Annotated[Optional[Path], typer.Option(help="Sensitive-word file.")] = None,
+    ) -> None:
+        """Serve the models behind the Qianfan, WeLM, SenseNova and OpenAI APIs."""
+        import uvicorn
+
+        from wharf.api.app import create_app
+        from wharf.platform.core import Platform
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        base = Settings()
+        settings = build_settings(
+            host=host, port=port, dtype=dtype, data_dir=data_dir, database_url=database_url,
+            redis_url=redis_url, max_batch_size=max_batch_size, max_model_len=max_model_len,
+            max_queue=max_queue, lexicon_path=lexicon,
+            models={**base.models, **_pairs(model, "--model")} if model else None,
+            aliases={**base.aliases, **_pairs(alias, "--alias")} if alias else None,
+            load_default_model=False if no_default_model else None)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        registry = load_models(settings)
+        platform = Platform.open(settings, model_exists=lambda name: name in registry.names())
+        admin_key = platform.ensure_admin()
+        if admin_key:
+            console.print(Panel.fit(
+                f"First start: created account [bold]admin[/].\nAdmin API key (shown once, keep it):\n\n"
+                f"[bold green]{admin_key}[/]\n\nTry: curl http://{settings.host}:{settings.port}/v1/models "
+                f"-H 'Authorization: Bearer {admin_key}'", title="wharf"))
+        app = create_app(settings, registry, platform)
+        try:
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                        timeout_graceful_shutdown=30)
+        finally:
+            registry.shutdown()
+            platform.close()

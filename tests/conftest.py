@@ -1,0 +1,146 @@
+"""Fixtures shared by every test: a real `wharf serve` process over HTTP, on the real
+embedded model, with a real SQLite store that tests provision through the platform."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "smollm2-135m-instruct"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    """Converted weights, shared by every server of the session (conversion takes ~30 s once)."""
+    path = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    env: dict
+    proc: subprocess.Popen
+    log_path: Path
+    admin_key: str | None = None
+    _platform: object = field(default=None, repr=False)
+
+    @property
+    def platform(self):
+        """The same store the server uses, for provisioning accounts and keys in tests."""
+        if self._platform is None:
+            from wharf.config import Settings
+            from wharf.platform.core import Platform
+            settings = Settings(data_dir=self.data_dir, database_url=self.env.get("WHARF_DATABASE_URL"))
+            self._platform = Platform.open(settings)
+        return self._platform
+
+    def account(self, name: str, **limits):
+        """A fresh account with an API key: returns (account, key)."""
+        acct = self.platform.accounts.create(name, **limits)
+        issued = self.platform.credentials.create(acct.id, "api_key", label="test")
+        return acct, issued.secret
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = None,
+                 args: list[str] | None = None, timeout: float = 240) -> LiveServer:
+    port = free_port()
+    data_dir = tmp_root / f"server-{port}"
+    data_dir.mkdir(parents=True)
+    env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(model_cache),
+           "WHARF_PORT": str(port), "WHARF_HOST": "127.0.0.1", **(extra_env or {})}
+    log_path = data_dir / "server.log"
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "wharf", "serve", *(args or [])], env=env,
+                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"wharf serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"wharf serve did not start in {timeout} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+    text = log_path.read_text(errors="replace")
+    match = re.search(r"(wk-[A-Za-z0-9_\-]+)", text)
+    return LiveServer(url=url, data_dir=data_dir, env=env, proc=proc, log_path=log_path,
+                      admin_key=match.group(1) if match else None)
+
+
+def stop_server(server: LiveServer, sig=signal.SIGTERM) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(sig)
+        try:
+            server.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
+    if server._platform is not None:
+        server._platform.close()
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server_factory(model_cache_dir):
+    """Start extra servers (other settings, replicas); all are stopped at session end."""
+    root = Path(tempfile.mkdtemp(prefix="wharf-test-"))
+    started: list[LiveServer] = []
+
+    def factory(**kw) -> LiveServer:
+        s = start_server(root, model_cache_dir, **kw)
+        started.append(s)
+        return s
+
+    yield factory
+    for s in started:
+        stop_server(s)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(server_factory) -> LiveServer:
+    """The shared server: embedded model, default settings, SQLite."""
+    return server_factory()
+
+
+@pytest.fixture(scope="session")
+def api_key(server) -> str:
+    return server.account("openai-tests")[1]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

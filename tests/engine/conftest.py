@@ -1,0 +1,33 @@
+"""In-process engines on the real embedded model (float32, so greedy output can be
+compared token for token with transformers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wharf.engine.registry import build_engine, default_spec
+
+
+def make_engine(cache_dir, **kw):
+    opts = dict(dtype="float32", cache_dir=cache_dir, max_batch_size=8, max_model_len=1024,
+                max_queue=64, prefill_chunk=256)
+    opts.update(kw)
+    return build_engine(default_spec("smol"), **opts)
+
+
+@pytest.fixture(scope="session")
+def engine(model_cache_dir):
+    eng = make_engine(model_cache_dir)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_model(engine, model_cache_dir):
+    """transformers' own model and tokenizer from the same converted weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = next(p for p in model_cache_dir.iterdir() if p.is_dir() and not p.name.count(".tmp"))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,101 @@
+"""The app factory: mounts the dialects, the admin API and the console on one pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse, Response
+
+from wharf import __version__
+from wharf.api import openai
+from wharf.api.pipeline import Pipeline
+from wharf.config import Settings
+from wharf.platform.core import Platform
+from wharf.platform.limits import make_limiter
+from wharf.platform.metrics import Metrics
+from wharf.platform.safety import SafetyPolicy
+
+log = logging.getLogger("wharf")
+
+# Routers added by other parts of the code base; each is optional so the app still
+# starts while one is being built. (module, attribute that builds or is the router)
+_OPTIONAL_ROUTERS = [
+    ("wharf.api.admin", "build_admin_router"),
+    ("wharf.api.qianfan", "router"),
+    ("wharf.api.welm", "router"),
+    ("wharf.api.sensenova", "router"),
+    ("wharf.console", "build_console_router"),
+]
+
+
+def _mount_optional(app: FastAPI) -> None:
+    for module_name, attr in _OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        router = getattr(module, attr, None)
+        if router is None:
+            continue
+        app.include_router(router() if callable(router) and attr.startswith("build") else router)
+
+
+def create_app(settings: Settings, registry, platform: Platform | None = None) -> FastAPI:
+    """`registry` is a loaded ModelRegistry (the caller owns its lifetime)."""
+    platform = platform or Platform.open(settings, model_exists=lambda name: name in registry.names())
+    metrics = Metrics()
+    safety = SafetyPolicy.from_file(settings.lexicon_path)
+    limiter = make_limiter(settings.redis_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        limiter.close()
+
+    app = FastAPI(title="Wharf", version=__version__, lifespan=lifespan,
+                  description="Open models behind the Qianfan, WeLM, SenseNova and OpenAI APIs.")
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.platform = platform
+    app.state.metrics = metrics
+    app.state.safety = safety
+    app.state.limiter = limiter
+    app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
+                                  timeout_s=settings.request_timeout_s)
+
+    engines = list(registry.engines.values())
+    metrics.bind_engine_stats(queue_depth=lambda: sum(e.stats().waiting for e in engines),
+                              running_batch=lambda: sum(e.stats().running for e in engines))
+
+    app.include_router(openai.router)
+    _mount_optional(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in err["loc"] if p != "body")
+        return JSONResponse({"error": {"message": f"{param}: {err['msg']}", "type": "invalid_request_error",
+                                       "param": param or None, "code": None}}, status_code=400)
+
+    @app.get("/health", tags=["ops"])
+    async def health():
+        return {"status": "ok", "models": [e.info.name for e in engines]}
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/engine/stats", tags=["ops"])
+    async def engine_stats():
+        return {e.info.name: {**vars(e.stats()), "context_length": e.info.context_length,
+                              "backend": e.info.backend, "identity": e.info.identity}
+                for e in engines}
+
+    return app

@@ -1,0 +1,43 @@
+"""The error taxonomy mapped to each dialect's status codes and bodies, once."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from wharf import errors as E
+
+# -- OpenAI ----------------------------------------------------------------------------
+# The openai SDK retries 408/409/429/5xx, so a caller's own mistake is never one of those.
+_OPENAI: dict[type, tuple[int, str, str | None]] = {
+    E.ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    E.InvalidRequest: (400, "invalid_request_error", None),
+    E.InvalidParam: (400, "invalid_request_error", None),
+    E.AuthError: (401, "invalid_request_error", "invalid_api_key"),
+    E.PermissionDenied: (403, "permission_error", None),
+    E.NotFound: (404, "invalid_request_error", None),
+    E.Conflict: (400, "invalid_request_error", "conflict"),
+    E.RateLimited: (429, "requests", "rate_limit_exceeded"),
+    E.QuotaExceeded: (429, "insufficient_quota", "insufficient_quota"),
+    E.ContentBlocked: (400, "invalid_request_error", "content_policy_violation"),
+    E.Overloaded: (503, "server_error", "overloaded"),
+    E.Timeout: (504, "server_error", "timeout"),
+    E.Internal: (500, "server_error", None),
+}
+
+
+def _lookup(table: dict, exc: E.WharfError):
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return table[E.Internal]
+
+
+def openai_error(exc: E.WharfError) -> JSONResponse:
+    status, etype, code = _lookup(_OPENAI, exc)
+    if isinstance(exc, E.NotFound) and exc.reason == "model":
+        code = "model_not_found"
+    headers = {}
+    if isinstance(exc, E.RateLimited):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    body = {"error": {"message": exc.message, "type": etype, "param": exc.param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)

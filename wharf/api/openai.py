@@ -1,0 +1,274 @@
+"""OpenAI dialect: /v1/completions, /v1/chat/completions, /v1/models."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import JSONResponse
+
+from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.errors import openai_error
+from wharf.api.pipeline import Caller, Run
+from wharf.api.sse import event, sse_response
+from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
+from wharf.errors import InvalidParam, WharfError
+
+router = APIRouter(tags=["openai"])
+
+Stop = str | list[str] | None
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None              # extension (vLLM)
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    stop: Stop = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None   # extension
+    seed: int | None = None
+    ignore_eos: bool = False                                        # extension (vLLM)
+    stream: bool = False
+    stream_options: dict | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return stops
+
+    def sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(0, self.top_k or 0), n=self.n, stop=self.stop or [], seed=self.seed,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0, logprobs=logprobs,
+            ignore_eos=self.ignore_eos)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
+
+
+class CompletionBody(_Sampling):
+    prompt: str | list[str] = ""
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request is supported")
+            return v[0]
+        return v
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatBody(_Sampling):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+
+FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+          FinishReason.CONTENT: "content_filter", FinishReason.CANCELLED: "stop",
+          FinishReason.ERROR: "stop"}
+
+
+def _usage(run: Run) -> dict:
+    return {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
+            "total_tokens": run.prompt_tokens + run.completion_tokens}
+
+
+def _completion_logprobs(chunks: list[Chunk], offset: int) -> dict:
+    tokens, lps, tops, offsets = [], [], [], []
+    for c in chunks:
+        for lp in c.logprobs or []:
+            tokens.append(lp.token)
+            lps.append(lp.logprob)
+            tops.append({t: v for t, _, v in lp.top} if lp.top else None)
+            offsets.append(offset)
+            offset += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _chat_logprobs(chunks: list[Chunk]) -> dict:
+    def entry(tok: str, lp: float) -> dict:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+    return {"content": [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, _, v in lp.top]}
+                        for c in chunks for lp in (c.logprobs or [])], "refusal": None}
+
+
+async def _admit(request: Request, body_model, build):
+    """Authenticate, parse, and start a run; returns (body, run) or an error response."""
+    state = request.app.state
+    try:
+        principal = state.platform.authenticator.bearer(bearer_token(request))
+    except WharfError as exc:
+        return None, openai_error(exc)
+    caller = Caller(principal=principal, dialect="openai")
+    gen = None
+    try:
+        body = parse_model(body_model, await json_body(request, state.settings.max_body_bytes))
+        caller.user = body.user
+        gen = build(body)
+        return body, await state.pipeline.start(caller, gen)
+    except WharfError as exc:
+        if gen is None:  # refused before the pipeline saw it: still one usage record
+            state.pipeline.reject(caller, None, exc)
+        return None, openai_error(exc)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    def build(body: CompletionBody) -> GenerationRequest:
+        if body.suffix:
+            raise InvalidParam("suffix is not supported", param="suffix")
+        return GenerationRequest(model=body.model, prompt=body.prompt,
+                                 sampling=body.sampling(body.max_tokens if body.max_tokens is not None else 16,
+                                                        body.logprobs))
+
+    body, run = await _admit(request, CompletionBody, build)
+    if body is None:
+        return run
+    rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
+    echo = body.prompt if body.echo else ""
+
+    if body.stream:
+        async def stream():
+            sent_echo = set()
+            try:
+                async for c in run.chunks():
+                    text = c.text
+                    if echo and c.index not in sent_echo:
+                        sent_echo.add(c.index)
+                        text = echo + text
+                    lp = _completion_logprobs([c], 0) if body.logprobs is not None else None
+                    choice = {"index": c.index, "text": text, "logprobs": lp,
+                              "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}
+                    yield event({"id": rid, "object": "text_completion", "created": created,
+                                 "model": run.model, "choices": [choice]})
+                if body.include_usage:
+                    yield event({"id": rid, "object": "text_completion", "created": created,
+                                 "model": run.model, "choices": [], "usage": _usage(run)})
+            except WharfError as exc:
+                yield event({"error": {"message": exc.message, "type": exc.kind}})
+            yield event("[DONE]")
+        return sse_response(stream())
+
+    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(body.n)}
+    try:
+        async for c in run.chunks():
+            per_choice[c.index].append(c)
+    except WharfError as exc:
+        return openai_error(exc)
+    choices = []
+    for i, chunks in per_choice.items():
+        text = "".join(c.text for c in chunks)
+        finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP)
+        choices.append({"index": i, "text": echo + text,
+                        "logprobs": _completion_logprobs(chunks, len(echo)) if body.logprobs is not None else None,
+                        "finish_reason": FINISH[finish]})
+    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": run.model,
+                         "choices": choices, "usage": _usage(run)})
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    def build(body: ChatBody) -> GenerationRequest:
+        if body.top_logprobs is not None and not body.logprobs:
+            raise InvalidParam("top_logprobs requires logprobs to be true", param="top_logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        return GenerationRequest(model=body.model, messages=messages,
+                                 sampling=body.sampling(max_tokens, logprobs))
+
+    body, run = await _admit(request, ChatBody, build)
+    if body is None:
+        return run
+    rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+
+    if body.stream:
+        async def stream():
+            def frame(choices, **extra):
+                return event({"id": rid, "object": "chat.completion.chunk", "created": created,
+                              "model": run.model, "system_fingerprint": None, "choices": choices, **extra})
+            try:
+                for i in range(body.n):
+                    yield frame([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": None, "finish_reason": None}])
+                async for c in run.chunks():
+                    delta = {"content": c.text} if c.text else {}
+                    yield frame([{"index": c.index, "delta": delta,
+                                  "logprobs": _chat_logprobs([c]) if body.logprobs else None,
+                                  "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}])
+                if body.include_usage:
+                    yield frame([], usage=_usage(run))
+            except WharfError as exc:
+                yield event({"error": {"message": exc.message, "type": exc.kind}})
+            yield event("[DONE]")
+        return sse_response(stream())
+
+    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(body.n)}
+    try:
+        async for c in run.chunks():
+            per_choice[c.index].append(c)
+    except WharfError as exc:
+        return openai_error(exc)
+    choices = []
+    for i, chunks in per_choice.items():
+        finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP)
+        choices.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text for c in chunks),
+                                                "refusal": None},
+                        "logprobs": _chat_logprobs(chunks) if body.logprobs else None,
+                        "finish_reason": FINISH[finish]})
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": run.model,
+                         "system_fingerprint": None, "choices": choices, "usage": _usage(run)})
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    state = request.app.state
+    try:
+        state.platform.authenticator.bearer(bearer_token(request))
+    except WharfError as exc:
+        return openai_error(exc)
+    data = []
+    for info in state.registry.list():
+        card = {"id": info.name, "object": "model", "created": 0, "owned_by": "wharf",
+                "root": info.identity, "max_model_len": info.context_length, "backend": info.backend}
+        data.append(card)
+        for alias in info.aliases:
+            data.append({**card, "id": alias, "parent": info.name})
+    return {"object": "list", "data": data}

@@ -1,0 +1,218 @@
+"""One policy code path for every dialect.
+
+A dialect authenticates the caller in its own scheme and translates its body into a
+GenerationRequest; from there this module does the rest the same way for all:
+resolve the model, check the window, input safety, rate limits, quota reservation,
+generation with the output guard, then quota settlement, usage (exactly once) and
+metrics. Dialects only format what comes out and map errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from wharf.engine.engine import Engine, PreparedRequest
+from wharf.engine.types import Chunk, FinishReason, GenerationRequest
+from wharf.errors import ContentBlocked, QuotaExceeded, RateLimited, WharfError
+from wharf.platform.auth import Principal
+from wharf.platform.limits import Limits
+
+log = logging.getLogger("wharf.pipeline")
+
+
+@dataclass
+class Caller:
+    principal: Principal
+    dialect: str
+    service_id: int | None = None
+    service_limits: tuple[int | None, int | None] = (None, None)   # (rpm, tpm)
+    user: str | None = None
+
+
+@dataclass
+class ChoiceState:
+    text: list[str] = field(default_factory=list)
+    finish: FinishReason | None = None
+    completion_tokens: int = 0
+
+    @property
+    def chars(self) -> int:
+        return sum(len(t) for t in self.text)
+
+
+def _limits(rpm=None, tpm=None, qps=None, conc=None) -> Limits | None:
+    vals = dict(rpm=rpm or None, tpm=tpm or None, qps=qps or None, max_concurrency=conc or None)
+    return Limits(**vals) if any(vals.values()) else None
+
+
+class Run:
+    """An admitted request. Iterate `chunks()` once; everything is settled when it ends,
+    however it ends (finished, blocked, failed, or the client went away)."""
+
+    def __init__(self, pipeline: "Pipeline", caller: Caller, engine: Engine,
+                 prepared: PreparedRequest, lease, reserved: bool):
+        self.pipeline, self.caller, self.engine, self.prepared = pipeline, caller, engine, prepared
+        self.lease, self.reserved = lease, reserved
+        self.request = prepared.request
+        self.model = engine.info.name
+        self.prompt_tokens = len(prepared.prompt_ids)
+        self.choices = [ChoiceState() for _ in range(self.request.sampling.n)]
+        self.started = time.monotonic()
+        self.ttft: float | None = None
+        self.status = "cancelled"     # until proven otherwise
+        self._closed = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+    @property
+    def generated_chars(self) -> int:
+        return sum(c.chars for c in self.choices)
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        guards = [self.pipeline.safety.stream_guard() for _ in self.choices]
+        try:
+            async for chunk in self.engine.generate(self.prepared):
+                state, guard = self.choices[chunk.index], guards[chunk.index]
+                if state.finish is not None:
+                    continue                      # a choice cut by the output guard
+                if self.ttft is None:
+                    self.ttft = time.monotonic() - self.started
+                state.completion_tokens = chunk.completion_tokens
+                chunk.text = guard.feed(chunk.text)
+                if guard.blocked:
+                    chunk.finish_reason = FinishReason.CONTENT
+                    self.pipeline.metrics.content_blocked("output")
+                elif chunk.finish_reason is not None:
+                    chunk.text += guard.flush()
+                state.text.append(chunk.text)
+                state.finish = chunk.finish_reason
+                yield chunk
+                if all(c.finish is not None for c in self.choices):
+                    break
+            blocked = any(c.finish is FinishReason.CONTENT for c in self.choices)
+            self.status = "blocked" if blocked else "ok"
+        except WharfError as exc:
+            self.status = f"error:{exc.kind}"
+            raise
+        except BaseException:
+            # GeneratorExit / CancelledError: the client went away mid-stream.
+            self.status = "cancelled"
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Settle quota and limits and write the usage record. Synchronous on purpose: it
+        runs inside cancelled tasks, where an await would be interrupted again."""
+        if self._closed:
+            return
+        self._closed = True
+        p, caller = self.pipeline, self.caller
+        latency = time.monotonic() - self.started
+        try:
+            if self.reserved:
+                p.platform.quota.settle(self.request.request_id, self.generated_chars,
+                                        self.prompt_tokens + self.completion_tokens)
+        except Exception:
+            log.exception("quota settle failed for %s", self.request.request_id)
+        if self.lease is not None:
+            try:
+                self.lease.adjust_tokens(self.prompt_tokens + self.completion_tokens)
+            except Exception:
+                log.exception("rate-limit settle failed")
+            self.lease.release()
+        p.record(caller, self.request, self.model, status=self.status, prompt_tokens=self.prompt_tokens,
+                 completion_tokens=self.completion_tokens, chars=self.generated_chars,
+                 ttft=self.ttft, latency=latency)
+
+
+class Pipeline:
+    def __init__(self, registry, platform, limiter, safety, metrics, *, timeout_s: float | None = None):
+        self.registry, self.platform = registry, platform
+        self.limiter, self.safety, self.metrics = limiter, safety, metrics
+        self.timeout_s = timeout_s
+
+    def engine_for(self, model: str) -> Engine:
+        return self.registry.resolve(model)
+
+    async def start(self, caller: Caller, request: GenerationRequest) -> Run:
+        """Admit a request or raise the WharfError that says why not (and record it)."""
+        engine = None
+        if request.deadline is None and self.timeout_s:
+            request.deadline = time.monotonic() + self.timeout_s
+        try:
+            engine = self.registry.resolve(request.model)
+            prepared = engine.prepare(request)
+            if request.messages is not None:
+                for m in request.messages:
+                    self.safety.check_input(str(m.get("content", "")))
+            else:
+                self.safety.check_input(prepared.prompt_text)
+            params = request.sampling
+            worst_tokens = params.n * prepared.max_tokens
+            lease = await self.limiter.aacquire(self._scopes(caller),
+                                                tokens=len(prepared.prompt_ids) + worst_tokens)
+            try:
+                # Worst case in both units: one character per token is what WeLM's quota
+                # counts against; settlement replaces it with what was really generated.
+                self.platform.quota.reserve(caller.principal.account_id, request.request_id,
+                                            chars=worst_tokens, tokens=len(prepared.prompt_ids) + worst_tokens)
+            except BaseException:
+                lease.release()
+                raise
+            return Run(self, caller, engine, prepared, lease, reserved=True)
+        except WharfError as exc:
+            self.reject(caller, request, exc, model=engine.info.name if engine else request.model)
+            raise
+
+    def reject(self, caller: Caller, request: GenerationRequest | None, exc: WharfError,
+               model: str = "") -> None:
+        """A request that passed authentication but was refused: count it once."""
+        if isinstance(exc, RateLimited):
+            self.metrics.rate_limited(exc.reason or "rpm")
+        elif isinstance(exc, QuotaExceeded):
+            self.metrics.quota_rejected()
+        elif isinstance(exc, ContentBlocked):
+            self.metrics.content_blocked("input")
+        status = "blocked" if isinstance(exc, ContentBlocked) else f"error:{exc.kind}"
+        self.record(caller, request, model or (request.model if request else ""), status=status)
+
+    def record(self, caller: Caller, request: GenerationRequest | None, model: str, *, status: str,
+               prompt_tokens: int = 0, completion_tokens: int = 0, chars: int = 0,
+               ttft: float | None = None, latency: float | None = None) -> None:
+        request_id = request.request_id if request else uuid.uuid4().hex
+        try:
+            self.platform.usage.record_usage(
+                request_id=request_id, account_id=caller.principal.account_id,
+                credential_id=caller.principal.credential_id, service_id=caller.service_id,
+                model=model, dialect=caller.dialect, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, generated_chars=chars,
+                n=request.sampling.n if request else 1, status=status,
+                ttft_ms=None if ttft is None else int(ttft * 1000),
+                latency_ms=None if latency is None else int(latency * 1000), user=caller.user)
+        except Exception:
+            log.exception("usage record failed for %s", request_id)
+        tpot = None
+        if ttft is not None and latency is not None and completion_tokens > 1:
+            tpot = (latency - ttft) / max(1, completion_tokens - 1)
+        self.metrics.observe_request(caller.dialect, status, prompt_tokens=prompt_tokens,
+                                     completion_tokens=completion_tokens, ttft=ttft, tpot=tpot,
+                                     latency=latency)
+
+    def _scopes(self, caller: Caller) -> list[tuple[str, Limits]]:
+        p = caller.principal
+        scopes = []
+        for scope, lim in ((f"account:{p.account_id}", _limits(p.account_rpm, p.account_tpm, p.account_qps,
+                                                                p.account_max_concurrency)),
+                           (f"cred:{p.credential_id}", _limits(p.credential_rpm, p.credential_tpm,
+                                                               p.credential_qps, p.credential_max_concurrency)),
+                           (f"service:{caller.service_id}", _limits(*caller.service_limits))):
+            if lim is not None:
+                scopes.append((scope, lim))
+        return scopes
