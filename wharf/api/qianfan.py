@@ -453,13 +453,12 @@ async def _stream(run: Run, chunks: AsyncIterator[Chunk], first: Chunk | None, r
     try:
         c = first
         while c is not None:
-            if c.finish_reason is not None:
+            if c.finish_reason is not None and not ended:
                 yield frame(c.text, c.finish_reason, True)
                 ended = True
-                break
-            if c.text:
+            elif c.text and not ended:
                 yield frame(c.text, None, False)
-            try:
+            try:     # run to the end so the run settles as finished, not cancelled
                 c = await chunks.__anext__()
             except StopAsyncIteration:
                 c = None
