@@ -61,13 +61,17 @@ def reset_sdk_config():
 @pytest.fixture
 def sdk_env(monkeypatch, tmp_path):
     """Point the real SDK at a server; returns a function(server, oauth=(ak, sk) | iam=(ak, sk))."""
-    for var in ("QIANFAN_AK", "QIANFAN_SK", "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY",
-                "QIANFAN_ACCESS_TOKEN", "QIANFAN_BEARER_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
+    def clear():
+        for var in ("QIANFAN_AK", "QIANFAN_SK", "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY",
+                    "QIANFAN_ACCESS_TOKEN", "QIANFAN_BEARER_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+
+    clear()
     monkeypatch.setenv("QIANFAN_CACHE_DIR", str(tmp_path / "qianfan-cache"))
     monkeypatch.setenv("QIANFAN_DISABLE_CACHE", "true")
 
     def point(server, *, oauth: tuple[str, str] | None = None, iam: tuple[str, str] | None = None):
+        clear()
         monkeypatch.setenv("QIANFAN_BASE_URL", server.url)
         monkeypatch.setenv("QIANFAN_CONSOLE_API_BASE_URL", server.url)
         if oauth:
