@@ -228,26 +228,23 @@ def test_first_character_is_stop_gives_empty_text_not_error(client, key):
 
 # -- the 2048 window -------------------------------------------------------------------------
 
-def _prompt_tokens(client, api_key, prompt) -> int:
-    r = client.post("/v1/completions", headers={"Authorization": f"Bearer {api_key}"},
-                    json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
-    assert r.status_code == 200, r.text
-    return r.json()["usage"]["prompt_tokens"]
-
-
-def test_prompt_plus_max_tokens_at_most_2048(client, key, api_key):
+def test_prompt_plus_max_tokens_at_most_2048(server, client, key):
+    """The 2048 check runs before the policy path: a request exactly at 2048 passes it and
+    reaches the quota (a 1-character daily quota refuses it, so no 1,100-token prefill is
+    paid for), one token more is a 400 naming max_tokens and 2048."""
     long_prompt = "apple banana cherry " * 380
-    p = _prompt_tokens(client, api_key, long_prompt)
-    assert 1024 <= p < 2047, p
+    probe = post(client, key, {"model": MODEL, "prompt": long_prompt, "max_tokens": 1024})
+    assert probe.status_code == 400, probe.text
+    p = int(re.search(r"prompt length \((\d+) tokens\)", probe.json()["error"]["message"]).group(1))
+    assert 1024 < p < 2047, p
     room = 2048 - p
-    over = post(client, key, {"model": MODEL, "prompt": long_prompt, "max_tokens": room + 1})
+    _, tight = server.account("welm-window", quota_chars_per_day=1)
+    over = post(client, tight, {"model": MODEL, "prompt": long_prompt, "max_tokens": room + 1})
     assert over.status_code == 400, over.text
     assert over.json()["error"]["param"] == "max_tokens"
     assert "2048" in over.json()["choices"][0]["finish_reason"]
-    # exactly 2048 is allowed; every character stops so it ends at once
-    ok = post(client, key, {"model": MODEL, "prompt": long_prompt, "max_tokens": room, "temperature": 0,
-                            "stop": string.printable})
-    assert ok.status_code == 200, ok.text
+    at = post(client, tight, {"model": MODEL, "prompt": long_prompt, "max_tokens": room})
+    assert (at.status_code, at.text) == (429, "quota limit exceed")
 
 
 def test_max_tokens_1024_with_long_prompt_is_400(client, key):
