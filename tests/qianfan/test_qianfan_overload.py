@@ -1,6 +1,7 @@
 """A second live server with a one-slot engine and a one-place queue (so it really overloads)
 and a safety lexicon: 336100 retried by the real SDK (seed 004's retry_count /
-request_timeout / backoff_factor), and input blocked by the lexicon (336003 + ban_round)."""
+request_timeout / backoff_factor), input blocked by the lexicon (336003 + ban_round) and
+output cut by it (is_safe 0)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import qianfan.errors as qerr
 from tests.qianfan.conftest import PREFIX, get_token, make_account
 
 TERM = "forbiddenword"
+OUTPUT_TERM = "four"      # what the model says after "one, two, three,"; never in a prompt here
 LONG_PROMPT = ("The history of the city begins in ancient times, when traders from the river valleys "
                "first settled on the hills. Over the following centuries")
 
@@ -23,7 +25,7 @@ LONG_PROMPT = ("The history of the city begins in ancient times, when traders fr
 @pytest.fixture(scope="module")
 def busy_server(server_factory, tmp_path_factory):
     lexicon = tmp_path_factory.mktemp("lexicon") / "terms.txt"
-    lexicon.write_text(TERM + "\n")
+    lexicon.write_text(f"{TERM}\n{OUTPUT_TERM}\n")
     return server_factory(extra_env={"WHARF_MAX_QUEUE": "1", "WHARF_MAX_BATCH_SIZE": "1",
                                      "WHARF_LEXICON_PATH": str(lexicon)})
 
@@ -128,3 +130,21 @@ def test_input_blocked(busy_server):
     assert r["error_code"] == 336003 and r["need_clear_history"] is True
     statuses = [x["status"] for x in srv.platform.usage.records(a.account_id)]
     assert statuses == ["blocked"] * 3
+
+
+def test_output_cut(busy_server):
+    srv = busy_server
+    a = make_account(srv)
+    tok = get_token(srv, a.app_ak, a.app_sk)
+    url = f"{srv.url}{PREFIX}/completions/{a.completions}"
+    body = {"prompt": "Count: one, two, three,", "max_output_tokens": 8, "temperature": 0.01, "top_k": 1}
+    r = httpx.post(url, params={"access_token": tok}, json=body, timeout=60).json()
+    assert "error_code" not in r, r
+    assert r["is_safe"] == 0 and r["finish_reason"] == "content_filter", r
+    assert OUTPUT_TERM not in r["result"].lower()
+    raw = httpx.post(url, params={"access_token": tok}, json={**body, "stream": True}, timeout=60).text
+    chunks = [json.loads(e[6:]) for e in raw.split("\n\n")[:-1]]
+    assert chunks[-1]["is_end"] is True and chunks[-1]["is_safe"] == 0
+    assert OUTPUT_TERM not in "".join(c["result"] for c in chunks).lower()
+    statuses = [x["status"] for x in srv.platform.usage.records(a.account_id)]
+    assert statuses == ["blocked", "blocked"]
