@@ -80,12 +80,12 @@ class SessionStore:
         self._items: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def create(self, key: str, account_id: int, old_sid: str | None) -> tuple[str, Session]:
+    def create(self, key: str, account_id: int, old_sids: list[str]) -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
         sess = Session(key=key, csrf=secrets.token_urlsafe(32), account_id=account_id)
         with self._lock:
-            if old_sid:
-                self._items.pop(old_sid, None)
+            for old in old_sids:
+                self._items.pop(old, None)
             self._gc()
             self._items[sid] = sess
         return sid, sess
@@ -132,6 +132,17 @@ def _loopback(request: Request) -> str:
     return f"http://{host}:{port}"
 
 
+def _cookie_values(request: Request) -> list[str]:
+    """Every value sent for our cookie: a planted duplicate (e.g. Path=/ from a sibling
+    origin) must neither shadow nor replace the real one."""
+    out = []
+    for part in request.headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value:
+            out.append(value.strip().strip('"'))
+    return out
+
+
 def build_console_router() -> APIRouter:
     r = APIRouter(tags=["console"], include_in_schema=False)
     sessions = SessionStore()
@@ -149,10 +160,14 @@ def build_console_router() -> APIRouter:
 
     async def current(request: Request) -> tuple[str | None, Session | None, object | None]:
         """(sid, session, principal) — principal None when signed out or the key no longer works."""
-        sid = request.cookies.get(COOKIE)
-        sess = sessions.get(sid)
+        sid, sess = None, None
+        for value in _cookie_values(request):
+            sess = sessions.get(value)
+            if sess is not None:
+                sid = value
+                break
         if sess is None:
-            return sid, None, None
+            return None, None, None
         try:
             p = await asyncio.to_thread(platform(request).authenticator.bearer, sess.key)
         except WharfError:
@@ -213,7 +228,7 @@ def build_console_router() -> APIRouter:
             p = await asyncio.to_thread(platform(request).authenticator.bearer, key)
         except WharfError:
             return _err(401, "invalid API key", "auth_error")
-        sid, sess = sessions.create(key, p.account_id, request.cookies.get(COOKIE))
+        sid, sess = sessions.create(key, p.account_id, _cookie_values(request))
         resp = JSONResponse(me_payload(p, sess), headers={"Cache-Control": "no-store"})
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/console",
                         secure=request.url.scheme == "https", max_age=SESSION_TTL_S)
@@ -221,8 +236,7 @@ def build_console_router() -> APIRouter:
 
     @r.delete("/console/session")
     async def sign_out(request: Request):
-        sid = request.cookies.get(COOKIE)
-        sess = sessions.get(sid)
+        sid, sess, _ = await current(request)
         if sess is not None and not csrf_ok(request, sess):
             return _err(403, "missing or wrong CSRF token", "csrf")
         sessions.drop(sid)

@@ -16,7 +16,7 @@ function h(tag, attrs, ...kids) {
     else if (k === "value") el.value = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === null || kid === undefined || kid === false) continue;
     el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -493,14 +493,16 @@ async function pagePlayground(main) {
   });
 
   const codeTabs = h("div", { class: "tabs" });
-  const codeBody = h("div", {});
+  const codeBody = h("div", {}, curlPre, pyPre);
+  let shown = "python";
   const showCode = (which) => {
+    shown = which;
     codeTabs.querySelectorAll("button").forEach(b => b.classList.toggle("active", b.dataset.code === which));
-    codeBody.replaceChildren(which === "curl" ? curlPre : pyPre);
+    curlPre.hidden = which !== "curl"; pyPre.hidden = which !== "python";
   };
   codeTabs.append(h("button", { type: "button", "data-code": "curl", onclick: () => showCode("curl") }, "curl"),
     h("button", { type: "button", "data-code": "python", onclick: () => showCode("python") }, "Python"),
-    h("button", { type: "button", id: "pg-copy", onclick: () => copy(codeBody.textContent) }, "📋 复制代码 Copy"));
+    h("button", { type: "button", id: "pg-copy", onclick: () => copy((shown === "curl" ? curlPre : pyPre).textContent) }, "📋 复制代码 Copy"));
   showCode("python");
   main.replaceChildren(h("h1", {}, "API 在线调试平台 · Playground"),
     h("p", { class: "sub" }, "选择接口与服务/模型，设置参数，发送并实时查看流式输出、原始 HTTP 请求与响应，以及可直接运行的示例代码。"),
