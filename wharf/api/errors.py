@@ -36,6 +36,8 @@ def openai_error(exc: E.WharfError) -> JSONResponse:
     status, etype, code = _lookup(_OPENAI, exc)
     if isinstance(exc, E.NotFound) and exc.reason == "model":
         code = "model_not_found"
+    if isinstance(exc, E.InvalidRequest) and exc.reason == "too_large":
+        status = 413
     headers = {}
     if isinstance(exc, E.RateLimited):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))

@@ -92,17 +92,23 @@ class Run:
                     chunk.text += guard.flush()
                 state.text.append(chunk.text)
                 state.finish = chunk.finish_reason
+                last = all(c.finish is not None for c in self.choices)
+                if last:
+                    # Settled before the last yield: a caller that stops reading at the
+                    # final chunk has still received everything.
+                    blocked = any(c.finish is FinishReason.CONTENT for c in self.choices)
+                    self.status = "blocked" if blocked else "ok"
                 yield chunk
-                if all(c.finish is not None for c in self.choices):
+                if last:
                     break
-            blocked = any(c.finish is FinishReason.CONTENT for c in self.choices)
-            self.status = "blocked" if blocked else "ok"
         except WharfError as exc:
             self.status = f"error:{exc.kind}"
             raise
         except BaseException:
-            # GeneratorExit / CancelledError: the client went away mid-stream.
-            self.status = "cancelled"
+            # GeneratorExit / CancelledError: the client went away mid-stream (unless
+            # everything had already been delivered).
+            if not all(c.finish is not None for c in self.choices):
+                self.status = "cancelled"
             raise
         finally:
             self.close()

@@ -88,6 +88,11 @@ def register(app: typer.Typer) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = load_models(settings)
         platform = Platform.open(settings, model_exists=lambda name: name in registry.names())
+        # Reservations older than any live request are leftovers of a crash: give them back.
+        import datetime as dt
+        stale = platform.quota.reconcile_stale(older_than=dt.timedelta(seconds=settings.request_timeout_s + 60))
+        if stale:
+            console.log(f"released {stale} quota reservation(s) left by an earlier crash")
         admin_key = platform.ensure_admin()
         if admin_key:
             console.print(Panel.fit(

@@ -67,10 +67,23 @@ class LlamaRunner:
         self.cos = (emb.cos() * scaling).to(self.dtype)
         self.sin = (emb.sin() * scaling).to(self.dtype)
 
-        shape = (len(self.layers), max_slots, self.n_kv, max_len, self.head_dim)
+        # The cache grows in positions as sequences need them (doubling), so a server
+        # that only sees short requests never pays for the whole window.
+        self.capacity = 0
+        self.k_cache = self.v_cache = None
+        self._ensure_capacity(min(256, max_len))
+
+    def _ensure_capacity(self, positions: int) -> None:
+        if positions <= self.capacity:
+            return
+        new = min(self.max_len, max(positions, 2 * self.capacity))
+        shape = (len(self.layers), self.max_slots, self.n_kv, new, self.head_dim)
         # Zeros, not empty: masked positions get probability 0, and 0 * garbage NaN is NaN.
-        self.k_cache = torch.zeros(shape, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype)
+        k, v = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+        if self.capacity:
+            k[:, :, :, :self.capacity] = self.k_cache
+            v[:, :, :, :self.capacity] = self.v_cache
+        self.k_cache, self.v_cache, self.capacity = k, v, new
 
     # -- building blocks -------------------------------------------------------------
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -102,6 +115,7 @@ class LlamaRunner:
     def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
         n = len(token_ids)
         end = start + n
+        self._ensure_capacity(end)
         ids = torch.tensor(token_ids, dtype=torch.long)
         x = F.embedding(ids, self.embed).unsqueeze(0)                       # [1, n, hidden]
         cos, sin = self.cos[start:end][None, None], self.sin[start:end][None, None]
@@ -132,6 +146,7 @@ class LlamaRunner:
         slot_idx = torch.tensor(slots, dtype=torch.long)
         pos = torch.tensor(positions, dtype=torch.long)
         span = max(positions) + 1
+        self._ensure_capacity(span)
         # Slots in use are kept contiguous by the scheduler when it can, so the cache
         # read below is a view; otherwise index_select copies.
         contiguous = slots == list(range(slots[0], slots[0] + b))

@@ -1,0 +1,294 @@
+"""Load generator and report: Wharf over HTTP against sequential transformers `generate`.
+
+One invocation measures, on the same model, prompts and output lengths:
+  1. the baseline: naive sequential `model.generate` (transformers), in this process;
+  2. Wharf over real HTTP (a `wharf serve` it starts, or --url), at each concurrency,
+     streaming, with vLLM-style metrics: request throughput, output tok/s, TTFT,
+     TPOT, ITL (p50/p90/p99);
+  3. gateway overhead: the engine called directly vs the full HTTP path (auth, limits,
+     quota, usage write) for 1-token requests.
+Ratios are against the baseline of the same run. Usage:
+
+    .venv/bin/python bench/bench.py --concurrency 1 8 32 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "smollm2-135m-instruct"
+CORPUS = [
+    "The history of the printing press begins in the fifteenth century, when movable type changed how books were made.",
+    "人工智能正在改变我们的生活方式，从智能手机到自动驾驶汽车，它无处不在。",
+    "A good recipe for bread needs flour, water, salt and yeast, and above all patience while the dough rises.",
+    "Photosynthesis converts light energy into chemical energy that plants store as sugar.",
+    "长城是中国古代的军事防御工程，绵延数千公里，是世界上最著名的建筑之一。",
+    "The committee met on Tuesday to discuss the budget, the new building and the schedule for next year.",
+]
+
+
+def make_prompts(n: int, tokenizer, target_tokens: int = 100, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n):
+        text = ""
+        while len(tokenizer(text)["input_ids"]) < target_tokens:
+            text += rng.choice(CORPUS) + " "
+        ids = tokenizer(text)["input_ids"][:target_tokens]
+        prompts.append(tokenizer.decode(ids, skip_special_tokens=True) + "\nSummary:")
+    return prompts
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int = 0
+    output_tokens: int = 0
+    duration: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    tpot: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def tok_s(self) -> float:
+        return self.output_tokens / self.duration if self.duration else 0.0
+
+    def row(self, baseline: "Result | None") -> dict:
+        return {"run": self.name, "requests": self.requests, "errors": self.errors,
+                "req/s": round(self.requests / self.duration, 2) if self.duration else 0,
+                "out tok/s": round(self.tok_s, 1),
+                "x baseline": round(self.tok_s / baseline.tok_s, 2) if baseline and baseline.tok_s else None,
+                "TTFT p50 ms": round(pct(self.ttft, 50) * 1000, 1), "TTFT p90 ms": round(pct(self.ttft, 90) * 1000, 1),
+                "TTFT p99 ms": round(pct(self.ttft, 99) * 1000, 1),
+                "TPOT p50 ms": round(pct(self.tpot, 50) * 1000, 1), "TPOT p90 ms": round(pct(self.tpot, 90) * 1000, 1),
+                "ITL p50 ms": round(pct(self.itl, 50) * 1000, 1), "ITL p99 ms": round(pct(self.itl, 99) * 1000, 1)}
+
+
+def run_baseline(folder: Path, prompts: list[str], max_tokens: int, dtype: str) -> Result:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    res = Result("transformers generate, sequential")
+    enc0 = tok(prompts[0], return_tensors="pt")
+    model.generate(**enc0, max_new_tokens=4, do_sample=False)          # warm-up
+    start = time.perf_counter()
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(**enc, max_new_tokens=1, do_sample=False)
+        ttft = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+        total = time.perf_counter() - t1
+        n = out.shape[1] - enc.input_ids.shape[1]
+        res.requests += 1
+        res.output_tokens += n
+        res.ttft.append(ttft)
+        res.tpot.append((total - ttft) / max(1, n - 1))
+    # The baseline's duration excludes the separate 1-token TTFT probes.
+    res.duration = time.perf_counter() - start - sum(res.ttft)
+    return res
+
+
+async def one_request(client: httpx.AsyncClient, key: str, prompt: str, max_tokens: int, res: Result) -> None:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body,
+                                 headers={"Authorization": f"Bearer {key}"}) as r:
+            if r.status_code != 200:
+                res.errors += 1
+                await r.aread()
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                now = time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                elif chunk["choices"] and chunk["choices"][0]["text"]:
+                    if first is None:
+                        first = now
+                    else:
+                        res.itl.append(now - last)
+                    last = now
+    except httpx.HTTPError:
+        res.errors += 1
+        return
+    end = time.perf_counter()
+    res.requests += 1
+    res.output_tokens += tokens
+    if first is not None:
+        res.ttft.append(first - start)
+        if tokens > 1:
+            res.tpot.append((end - first) / (tokens - 1))
+
+
+async def run_load(url: str, key: str, prompts: list[str], max_tokens: int, concurrency: int,
+                   rate: float | None) -> Result:
+    res = Result(f"wharf HTTP, {concurrency} concurrent" + (f", Poisson {rate}/s" if rate else ""))
+    queue = list(prompts)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await one_request(client, key, prompts[0], 2, Result("warm-up"))
+        sem = asyncio.Semaphore(concurrency)
+
+        async def worker(p):
+            async with sem:
+                await one_request(client, key, p, max_tokens, res)
+
+        start = time.perf_counter()
+        tasks = []
+        for p in queue:
+            tasks.append(asyncio.create_task(worker(p)))
+            if rate:
+                await asyncio.sleep(random.expovariate(rate))
+        await asyncio.gather(*tasks)
+        res.duration = time.perf_counter() - start
+    return res
+
+
+async def gateway_overhead(url: str, key: str, engine, n: int = 30) -> dict:
+    """p50 latency of a 1-token request: engine called directly vs the full HTTP path."""
+    from wharf.engine.types import GenerationRequest, SamplingParams
+
+    direct, http = [], []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            async for _ in engine.generate(GenerationRequest(model=MODEL, prompt=f"Hello {i}",
+                                                             sampling=SamplingParams(max_tokens=1, temperature=0))):
+                pass
+            t1 = time.perf_counter()
+            r = await client.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                                  json={"model": MODEL, "prompt": f"Hello {i}", "max_tokens": 1, "temperature": 0})
+            t2 = time.perf_counter()
+            assert r.status_code == 200, r.text
+            if i >= 3:
+                direct.append(t1 - t0)
+                http.append(t2 - t1)
+    return {"engine direct p50 ms": round(statistics.median(direct) * 1000, 2),
+            "HTTP full path p50 ms": round(statistics.median(http) * 1000, 2),
+            "gateway overhead p50 ms": round((statistics.median(http) - statistics.median(direct)) * 1000, 2)}
+
+
+def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict):
+    import subprocess
+    env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
+           "WHARF_PORT": str(port), **extra_env}
+    log = open(data_dir / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "wharf", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+    raise RuntimeError((data_dir / "server.log").read_text()[-2000:])
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 2 x concurrency))")
+    ap.add_argument("--baseline-requests", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second instead of all at once")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from wharf.engine.registry import build_engine, default_spec
+
+    cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
+    engine = build_engine(default_spec(MODEL), dtype=args.dtype, cache_dir=cache, max_batch_size=32,
+                          max_model_len=2048, max_queue=256, prefill_chunk=256)
+    folder = next(p for p in cache.iterdir() if p.is_dir() and ".tmp" not in p.name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens)
+
+    data_dir = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, url = start_server(data_dir, cache, port, {"WHARF_DTYPE": args.dtype})
+    try:
+        from wharf.config import Settings
+        from wharf.platform.core import Platform
+        plat = Platform.open(Settings(data_dir=data_dir))
+        acct = plat.accounts.create("bench")
+        key = plat.credentials.create(acct.id, "api_key").secret
+
+        print("baseline: transformers generate, sequential ...", flush=True)
+        baseline = run_baseline(folder, prompts[:args.baseline_requests], args.max_tokens, args.dtype)
+        rows = [baseline.row(None)]
+        for c in args.concurrency:
+            n = args.requests or max(8, 2 * c)
+            print(f"wharf: {c} concurrent, {n} requests ...", flush=True)
+            res = asyncio.run(run_load(url, key, [prompts[i % len(prompts)] for i in range(n)],
+                                       args.max_tokens, c, args.rate))
+            rows.append(res.row(baseline))
+        overhead = asyncio.run(gateway_overhead(url, key, engine))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        engine.shutdown()
+    info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "model": MODEL, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+            "single-stream TPOT / baseline": (round(rows[1]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
+                                              if len(rows) > 1 else None)}
+    print(markdown(rows))
+    print(json.dumps(overhead))
+    args.out.write_text(json.dumps({"info": info, "rows": rows, "gateway": overhead}, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
