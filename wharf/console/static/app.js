@@ -135,8 +135,8 @@ async function pageServices(main) {
   });
   const rows = state.services.map(s => h("tr", { "data-endpoint": s.endpoint },
     h("td", {}, h("b", {}, s.endpoint), h("div", { class: "muted svc-desc" }, s.description || "")),
-    h("td", {}, s.model), h("td", {}, h("span", { class: "tag" }, s.kind)),
-    h("td", { class: "url" }, serviceURL(s), " ", h("button", { class: "btn ghost small", type: "button", onclick: () => copy(serviceURL(s)) }, "复制")),
+    h("td", { "data-label": "模型" }, s.model), h("td", { "data-label": "类型" }, h("span", { class: "tag" }, s.kind)),
+    h("td", { class: "url", "data-label": "URL" }, serviceURL(s), " ", h("button", { class: "btn ghost small", type: "button", onclick: () => copy(serviceURL(s)) }, "复制")),
     state.me.account.is_admin ? h("td", { class: "hide-sm" }, String(s.account_id)) : null,
     h("td", {}, h("button", { class: "btn danger small", type: "button", "data-delete": s.id, onclick: async () => {
       if (!confirm(`删除服务 ${s.endpoint}？`)) return;
@@ -146,7 +146,7 @@ async function pageServices(main) {
     h("h1", {}, "在线服务 · 服务配置"), h("p", { class: "sub" }, "千帆自定义服务：API地址 + 模型 + 类型。Qianfan custom services."),
     form,
     h("div", { class: "card" }, h("h2", {}, `服务列表 Services (${rows.length})`),
-      rows.length ? h("div", { class: "table-wrap" }, h("table", { id: "svc-table" },
+      rows.length ? h("div", { class: "table-wrap" }, h("table", { id: "svc-table", class: "cards" },
         h("thead", {}, h("tr", {}, h("th", {}, "API地址"), h("th", {}, "模型"), h("th", {}, "类型"), h("th", {}, "调用地址 URL"),
           state.me.account.is_admin ? h("th", { class: "hide-sm" }, "账户") : null, h("th", {}, ""))),
         h("tbody", {}, rows))) : h("p", { class: "muted", id: "svc-empty" }, "还没有服务。No services yet.")));
@@ -174,8 +174,8 @@ async function pageCredentials(main) {
       h("div", {}, h("button", { class: "btn", type: "submit", id: "cred-create" }, "创建 Create"))), err, out);
   const table = h("tbody", {});
   const draw = () => table.replaceChildren(...state.credentials.slice().reverse().map(c => h("tr", { "data-cred": c.id },
-    h("td", {}, KINDS[c.kind] || c.kind), h("td", { class: "mono" }, c.public_id + (c.kind === "api_key" ? "…" : "")),
-    h("td", {}, c.label || ""), h("td", { class: "hide-sm" }, fmtTime(c.created_at)), h("td", {}, fmtTime(c.last_used_at)),
+    h("td", {}, h("b", {}, KINDS[c.kind] || c.kind)), h("td", { class: "mono", "data-label": "ID" }, c.public_id + (c.kind === "api_key" ? "…" : "")),
+    h("td", { "data-label": "备注" }, c.label || ""), h("td", { class: "hide-sm" }, fmtTime(c.created_at)), h("td", { "data-label": "最近使用" }, fmtTime(c.last_used_at)),
     h("td", {}, c.revoked_at ? h("span", { class: "tag off" }, "已吊销 revoked") :
       (c.id === state.me.credential_id ? h("span", { class: "tag ok" }, "当前登录 in use") :
         h("button", { class: "btn danger small", type: "button", onclick: async () => {
@@ -193,7 +193,7 @@ async function pageCredentials(main) {
   draw();
   main.replaceChildren(h("h1", {}, "凭证 Credentials"),
     h("p", { class: "sub" }, "API Key 用于 OpenAI / WeLM；千帆与 SenseNova 使用各自的 AK/SK。"), form,
-    h("div", { class: "card" }, h("h2", {}, "凭证列表"), h("div", { class: "table-wrap" }, h("table", { id: "cred-table" },
+    h("div", { class: "card" }, h("h2", {}, "凭证列表"), h("div", { class: "table-wrap" }, h("table", { id: "cred-table", class: "cards" },
       h("thead", {}, h("tr", {}, h("th", {}, "类型"), h("th", {}, "ID"), h("th", {}, "备注"), h("th", { class: "hide-sm" }, "创建"), h("th", {}, "最近使用"), h("th", {}, ""))), table))));
 }
 
@@ -205,10 +205,13 @@ function days30(since, until) {
 }
 function stackedChart(days, series, metric, id) {
   const keys = [...new Set(series.map(r => r.key))];
-  const W = 720, H = 200, L = 44, B = 22, T = 8, R = 6;
+  const W = 900, H = 210, L = 44, B = 22, T = 8, R = 6;
   const totals = Object.fromEntries(days.map(d => [d, 0]));
   for (const r of series) if (r.day in totals) totals[r.day] += r[metric];
-  const max = Math.max(1, ...Object.values(totals));
+  const raw = Math.max(1, ...Object.values(totals));
+  let step = 1;
+  if (raw > 4) { const mag = Math.pow(10, Math.floor(Math.log10(raw / 4))); step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(v => v * 4 >= raw); step = Math.max(1, Math.ceil(step)); }
+  const max = step * 4;
   const bw = (W - L - R) / days.length;
   const svg = h("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", id, role: "img", "aria-label": metric });
   for (let i = 0; i <= 4; i++) {
@@ -390,17 +393,21 @@ async function pagePlayground(main) {
       const list = myServices().filter(s => s.kind === d.kind);
       target.replaceChildren(...(list.length ? list.map(s => h("option", { value: s.endpoint }, `${s.endpoint} (${s.model})`)) : [h("option", { value: "" }, `先创建一个 ${d.kind} 服务 (create a ${d.kind} service first)`)]));
     } else target.replaceChildren(...state.models.map(m => h("option", { value: m }, m)));
+    fillCreds();
+    paramsBox.replaceChildren(...d.params.map(([name, def, range, min, max, step]) => h("label", {}, `${name} ${range}`,
+      h("input", { "data-param": name, type: step === null ? "text" : "number", value: def, min: min ?? null, max: max ?? null, step: step ?? null }))));
+    streamBox.disabled = !d.stream; streamBox.checked = d.stream;
+    filled = filled && filled.kind === d.cred ? filled : null;
+    render();
+  }
+  function fillCreds() {
+    const d = cur();
     if (d.cred === "api_key") { credWrap.hidden = true; }
     else {
       credWrap.hidden = false;
       const list = state.credentials.filter(c => c.kind === d.cred && !c.revoked_at);
       credSel.replaceChildren(...(list.length ? list.slice().reverse().map(c => h("option", { value: c.id }, `${c.public_id}${c.label ? " · " + c.label : ""}`)) : [h("option", { value: "" }, "（无，点击下方按钮创建）none yet")]));
     }
-    paramsBox.replaceChildren(...d.params.map(([name, def, range, min, max, step]) => h("label", {}, `${name} ${range}`,
-      h("input", { "data-param": name, type: step === null ? "text" : "number", value: def, min: min ?? null, max: max ?? null, step: step ?? null }))));
-    streamBox.disabled = !d.stream; streamBox.checked = d.stream;
-    filled = filled && filled.kind === d.cred ? filled : null;
-    render();
   }
   function buildRequest() {
     const dn = dialect.value, d = cur(), text = prompt.value;
@@ -441,8 +448,8 @@ async function pagePlayground(main) {
     const d = cur(); err.textContent = "";
     try {
       const issued = await admin("POST", "credentials", { kind: d.cred, label: "playground sample code" });
+      await loadCredentials(); fillCreds();
       filled = d.cred === "api_key" ? { kind: d.cred, key: issued.secret } : { kind: d.cred, ak: issued.public_id, sk: issued.secret };
-      await loadCredentials(); const keep = dialect.value; fillTargets(); dialect.value = keep;
       if (d.cred !== "api_key") credSel.value = String(issued.credential.id);
       render(); toast("示例代码已填入新凭证（密钥仅显示这一次）");
     } catch (e) { err.textContent = e.message; }
@@ -502,7 +509,7 @@ async function pagePlayground(main) {
   };
   codeTabs.append(h("button", { type: "button", "data-code": "curl", onclick: () => showCode("curl") }, "curl"),
     h("button", { type: "button", "data-code": "python", onclick: () => showCode("python") }, "Python"),
-    h("button", { type: "button", id: "pg-copy", onclick: () => copy((shown === "curl" ? curlPre : pyPre).textContent) }, "📋 复制代码 Copy"));
+    h("button", { type: "button", id: "pg-copy", onclick: () => copy((shown === "curl" ? curlPre : pyPre).textContent) }, "复制代码 Copy"));
   showCode("python");
   main.replaceChildren(h("h1", {}, "API 在线调试平台 · Playground"),
     h("p", { class: "sub" }, "选择接口与服务/模型，设置参数，发送并实时查看流式输出、原始 HTTP 请求与响应，以及可直接运行的示例代码。"),
