@@ -175,7 +175,7 @@ async function pageCredentials(main) {
   const table = h("tbody", {});
   const draw = () => table.replaceChildren(...state.credentials.slice().reverse().map(c => h("tr", { "data-cred": c.id },
     h("td", {}, h("b", {}, KINDS[c.kind] || c.kind)), h("td", { class: "mono", "data-label": "ID" }, c.public_id + (c.kind === "api_key" ? "…" : "")),
-    h("td", { "data-label": "备注" }, c.label || ""), h("td", { class: "hide-sm" }, fmtTime(c.created_at)), h("td", { "data-label": "最近使用" }, fmtTime(c.last_used_at)),
+    h("td", { "data-label": "备注" }, c.label || ""), h("td", { class: "hide-sm", "data-label": "创建" }, fmtTime(c.created_at)), h("td", { "data-label": "最近使用" }, fmtTime(c.last_used_at)),
     h("td", {}, c.revoked_at ? h("span", { class: "tag off" }, "已吊销 revoked") :
       (c.id === state.me.credential_id ? h("span", { class: "tag ok" }, "当前登录 in use") :
         h("button", { class: "btn danger small", type: "button", onclick: async () => {
@@ -205,7 +205,7 @@ function days30(since, until) {
 }
 function stackedChart(days, series, metric, id) {
   const keys = [...new Set(series.map(r => r.key))];
-  const W = 900, H = 210, L = 44, B = 22, T = 8, R = 6;
+  const W = Math.round(Math.max(340, Math.min(900, ($("#main").clientWidth || 900) - 60))), H = W < 600 ? 180 : 210, L = 44, B = 22, T = 8, R = 6;
   const totals = Object.fromEntries(days.map(d => [d, 0]));
   for (const r of series) if (r.day in totals) totals[r.day] += r[metric];
   const raw = Math.max(1, ...Object.values(totals));
@@ -257,7 +257,7 @@ async function pageUsage(main) {
   };
   const table = (rows, title, id) => h("div", { class: "card" }, h("h2", {}, title), h("div", { class: "table-wrap" }, h("table", { id },
     h("thead", {}, h("tr", {}, h("th", {}, "名称"), h("th", {}, "请求"), h("th", {}, "Prompt tokens"), h("th", {}, "Completion tokens"), h("th", {}, "字符"), h("th", {}, "错误"))),
-    h("tbody", {}, rows.map(r => h("tr", {}, h("td", {}, r.key), h("td", { class: "n-requests" }, r.requests), h("td", {}, r.prompt_tokens), h("td", {}, r.completion_tokens), h("td", {}, r.generated_chars), h("td", {}, r.errors)))))));
+    h("tbody", {}, rows.map(r => h("tr", {}, h("td", {}, r.key === "-" ? "（无服务 no service）" : r.key), h("td", { class: "n-requests" }, r.requests), h("td", {}, r.prompt_tokens), h("td", {}, r.completion_tokens), h("td", {}, r.generated_chars), h("td", {}, r.errors)))))));
   main.replaceChildren(h("h1", {}, "用量 Usage"), h("p", { class: "sub" }, `最近 30 天 ${series.since} — ${series.until}` + (all ? "（全部账户 all accounts）" : "")),
     h("div", { class: "card" }, h("div", { class: "stats" },
       h("div", { class: "stat" }, h("b", { id: "total-requests" }, total.requests), h("span", {}, "请求 requests")),
@@ -281,8 +281,8 @@ async function pageModels(main) {
       h("td", {}, h("b", {}, name)), h("td", {}, fmt(s.context_length)), h("td", {}, fmt(s.backend)),
       h("td", { class: "mono hide-sm" }, fmt(s.identity)),
       h("td", {}, fmt(s.waiting)), h("td", {}, fmt(s.running)),
-      h("td", {}, fmt(s.tokens_per_s ?? s.tok_per_s ?? s.decode_tok_s)),
-      h("td", { class: "mono hide-sm" }, Object.entries(s).filter(([k]) => !["context_length", "backend", "identity", "waiting", "running"].includes(k)).map(([k, v]) => `${k}=${fmt(v)}`).join("  ")))));
+      h("td", {}, fmt(s.tokens_per_second ?? s.tokens_per_s)),
+      h("td", { class: "mono hide-sm" }, Object.entries(s).filter(([k]) => !["context_length", "backend", "identity", "waiting", "running", "tokens_per_second"].includes(k)).map(([k, v]) => `${k}=${fmt(v)}`).join("  ")))));
     $("#stats-time") && ($("#stats-time").textContent = new Date().toLocaleTimeString("zh-CN", { hour12: false }));
   };
   main.replaceChildren(h("h1", {}, "模型 Models"), h("p", { class: "sub" }, "已加载模型与实时引擎状态（每 2 秒刷新）。 Updated ", h("span", { id: "stats-time" }, "…")),
