@@ -95,7 +95,8 @@ def run_baseline(folder: Path, prompts: list[str], max_tokens: int, dtype: str) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    from wharf.engine.loader import torch_dtype
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype)).eval()
     res = Result("transformers generate, sequential")
     enc0 = tok(prompts[0], return_tensors="pt")
     model.generate(**enc0, max_new_tokens=4, do_sample=False)          # warm-up
@@ -239,7 +240,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second instead of all at once")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = ap.parse_args()
 

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     backend: str = "torch"                   # torch | vllm | upstream
     upstream_url: str | None = None
-    dtype: str = "bfloat16"                  # bfloat16 | float32
+    dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
     threads: int | None = None               # torch intra-op threads (None: all cores)
 
     # Engine capacity.

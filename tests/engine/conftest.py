@@ -3,9 +3,19 @@ compared token for token with transformers)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+
 import pytest
 
 from wharf.engine.registry import build_engine, default_spec
+
+
+def run_async(coro):
+    """asyncio.run in a fresh thread: other suites (Playwright's sync API) may leave an
+    event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def make_engine(cache_dir, **kw):

@@ -11,7 +11,7 @@ import torch
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import ContextLengthExceeded, InvalidParam, Overloaded
 
-from tests.engine.conftest import make_engine
+from tests.engine.conftest import make_engine, run_async
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "人工智能是",
            "List three colors:", "The quick brown fox", "In 1492,", "Water boils at"]
@@ -55,7 +55,7 @@ def test_greedy_matches_transformers_alone_and_in_a_mixed_batch(engine, hf_model
                                        *[collect(engine, r) for r in noise])
         return alone, [ids_of(r[0]) for r in results[:len(PROMPTS)]]
 
-    alone, batched = asyncio.run(main())
+    alone, batched = run_async(main())
     for exp, a, b in zip(expected, alone, batched):
         exp = exp[:len(a)] if len(a) < len(exp) else exp  # engine stops at EOS, HF pads after it
         assert a == exp
@@ -72,36 +72,36 @@ def test_same_seed_same_output_and_n_samples_share_one_prompt(engine):
         _, many = await collect(engine, req(None, n=6))
         return a, b, many
 
-    a, b, many = asyncio.run(main())
+    a, b, many = run_async(main())
     assert a == b
     assert sorted(many) == list(range(6))
     assert len({tuple(ids_of(v)) for v in many.values()}) > 1   # distinct samples
 
 
 def test_greedy_n_choices_are_identical(engine):
-    _, by_index = asyncio.run(collect(engine, greedy("Hello", 12, n=3)))
+    _, by_index = run_async(collect(engine, greedy("Hello", 12, n=3)))
     texts = {"".join(c.text for c in v) for v in by_index.values()}
     assert len(by_index) == 3 and len(texts) == 1
 
 
 def test_stop_string_cuts_before_it_and_reports_stop(engine):
-    chunks, _ = asyncio.run(collect(engine, greedy("The capital of France is", 30)))
+    chunks, _ = run_async(collect(engine, greedy("The capital of France is", 30)))
     full = "".join(c.text for c in chunks)
     stop = full.strip().split()[2]          # a word in the middle of the greedy answer
-    chunks, _ = asyncio.run(collect(engine, greedy("The capital of France is", 30, stop=[stop])))
+    chunks, _ = run_async(collect(engine, greedy("The capital of France is", 30, stop=[stop])))
     text = "".join(c.text for c in chunks)
     assert stop not in text and full.startswith(text)
     assert chunks[-1].finish_reason is FinishReason.STOP
 
 
 def test_length_finish_and_token_counts(engine):
-    chunks, _ = asyncio.run(collect(engine, greedy("Count: 1, 2, 3,", 5, ignore_eos=True)))
+    chunks, _ = run_async(collect(engine, greedy("Count: 1, 2, 3,", 5, ignore_eos=True)))
     assert chunks[-1].finish_reason is FinishReason.LENGTH
     assert chunks[-1].completion_tokens == 5 == len(ids_of(chunks))
 
 
 def test_logprobs_are_reported_per_token(engine):
-    chunks, _ = asyncio.run(collect(engine, greedy("Hi", 4, logprobs=3, ignore_eos=True)))
+    chunks, _ = run_async(collect(engine, greedy("Hi", 4, logprobs=3, ignore_eos=True)))
     lps = [lp for c in chunks for lp in c.logprobs]
     assert len(lps) == 4
     for lp in lps:
@@ -111,8 +111,8 @@ def test_logprobs_are_reported_per_token(engine):
 
 def test_repetition_penalty_changes_greedy_output(engine):
     prompt = "one one one one one one"
-    plain = ids_of(asyncio.run(collect(engine, greedy(prompt, 12, ignore_eos=True)))[0])
-    penalised = ids_of(asyncio.run(collect(engine, greedy(prompt, 12, ignore_eos=True,
+    plain = ids_of(run_async(collect(engine, greedy(prompt, 12, ignore_eos=True)))[0])
+    penalised = ids_of(run_async(collect(engine, greedy(prompt, 12, ignore_eos=True,
                                                           repetition_penalty=1.8, frequency_penalty=1.0)))[0])
     assert plain != penalised
 
@@ -141,7 +141,7 @@ def test_short_request_is_not_blocked_by_a_long_one(engine):
         await long
         return done
 
-    assert asyncio.run(main()) == ["short", "long"]
+    assert run_async(main()) == ["short", "long"]
 
 
 def test_cancelled_stream_leaves_the_batch_within_a_step(engine):
@@ -158,7 +158,7 @@ def test_cancelled_stream_leaves_the_batch_within_a_step(engine):
             await asyncio.sleep(0.005)
         return engine.stats().running, engine.stats().generated_tokens - before
 
-    running, extra_tokens = asyncio.run(main())
+    running, extra_tokens = run_async(main())
     assert running == 0
     assert extra_tokens <= 2    # at most the step that was already in flight
 
@@ -179,7 +179,7 @@ def test_full_queue_answers_overloaded_at_once(model_cache_dir):
             await asyncio.gather(first, second, return_exceptions=True)
             return refused_in
 
-        assert asyncio.run(main()) < 0.5
+        assert run_async(main()) < 0.5
     finally:
         eng.shutdown()
 
@@ -210,7 +210,7 @@ def test_generic_runner_matches_transformers(tmp_path, engine):
         async def main():
             return await asyncio.gather(*[collect(eng, greedy("Hello world", 10, ignore_eos=True)) for _ in range(3)])
 
-        for chunks, _ in asyncio.run(main()):
+        for chunks, _ in run_async(main()):
             assert ids_of(chunks) == expected
     finally:
         eng.shutdown()
