@@ -41,11 +41,25 @@ class Settings(BaseSettings):
     max_queue: int = 256                     # waiting requests before "overloaded"
     prefill_chunk: int = 256                 # prompt tokens per scheduler step
 
-    lexicon_path: Path | None = None         # sensitive words, one per line
+    lexicon_path: Path | None = None         # sensitive words, one per line (default: data_dir/lexicon.txt)
     quota_timezone: str = "Asia/Shanghai"    # where a quota day begins
+
+    # Platform defaults for accounts that set none of their own (None: unlimited).
+    # Applied per field: an account's own rpm wins over default_rpm, and so on.
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+    default_qps: int | None = None
+    default_max_concurrency: int | None = None
+    default_quota_chars_per_day: int | None = None
+    default_quota_tokens_per_day: int | None = None
 
     request_timeout_s: float = 600.0         # per-request deadline (WeLM 504)
     max_body_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def resolved_lexicon_path(self) -> Path:
+        """The lexicon file the server loads on start and the admin API writes to."""
+        return self.lexicon_path or self.data_dir / "lexicon.txt"
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,4 +1,4 @@
-"""Admin API (/admin/api): accounts, credentials, services, usage, quota. JSON only.
+"""Admin API (/admin/api): accounts, credentials, services, usage, quota, lexicon. JSON only.
 
 Auth: `Authorization: Bearer <API key>`. An admin account's key may manage
 everything; any other account's key manages only that account's own
@@ -15,8 +15,12 @@ model names, request.app.state.registry with .names() -> list[str].
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from typing import Literal
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -203,6 +207,17 @@ class QuotaOut(_Out):
     tokens_reserved: int
 
 
+class LexiconIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    terms: list[Annotated[str, Field(max_length=256)]] = Field(max_length=100_000)
+
+
+class LexiconOut(BaseModel):
+    terms: list[str]
+    count: int
+    path: str | None
+
+
 class MeOut(BaseModel):
     account: AccountOut
     credential_id: int
@@ -326,6 +341,13 @@ def build_admin_router() -> APIRouter:
     def get_credential(credential_id: int, request: Request, p: Principal = P):
         return _owned(p, _platform(request).credentials.get(credential_id), "credential")
 
+    @r.patch("/credentials/{credential_id}", response_model=CredentialOut)
+    def update_credential(credential_id: int, body: Limits, request: Request, p: Principal = P):
+        """Set a credential's own limits (they only narrow the account's). Owners may too."""
+        cred = _platform(request).credentials
+        _owned(p, cred.get(credential_id), "credential")
+        return cred.update_limits(credential_id, **_set_fields(body))
+
     @r.post("/credentials/{credential_id}/revoke", response_model=CredentialOut)
     def revoke_credential(credential_id: int, request: Request, p: Principal = P):
         cred = _platform(request).credentials
@@ -393,4 +415,46 @@ def build_admin_router() -> APIRouter:
     def quota(request: Request, account_id: int | None = None, p: Principal = P):
         return _platform(request).quota.status(_target_account(p, account_id))
 
+    # content safety
+    @r.get("/safety/lexicon", response_model=LexiconOut)
+    def get_lexicon(request: Request, p: Principal = P):
+        _require_admin(p)
+        return _lexicon_out(request)
+
+    @r.put("/safety/lexicon", response_model=LexiconOut)
+    def put_lexicon(body: LexiconIn, request: Request, p: Principal = P):
+        """Replace the whole lexicon at once: live for the next request, and written to the
+        lexicon file so a restart keeps it. Other replicas pick it up on their next start
+        (or their own PUT)."""
+        _require_admin(p)
+        terms = [t.strip() for t in body.terms if t.strip()]
+        if any("\n" in t or "\r" in t or t.startswith("#") for t in terms):
+            raise InvalidParam("a term cannot contain a line break or start with '#'", param="terms")
+        path = getattr(request.app.state, "lexicon_path", None)
+        if path is not None:
+            _write_lexicon(Path(path), terms)
+        request.app.state.safety.replace(terms)
+        return _lexicon_out(request)
+
     return r
+
+
+def _lexicon_out(request: Request) -> LexiconOut:
+    terms = request.app.state.safety.terms
+    path = getattr(request.app.state, "lexicon_path", None)
+    return LexiconOut(terms=terms, count=len(terms), path=str(path) if path is not None else None)
+
+
+def _write_lexicon(path: Path, terms: list[str]) -> None:
+    """Atomically: a crash never leaves half a lexicon."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lexicon-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# Wharf lexicon: one term per line (written by the admin API)\n")
+            f.writelines(t + "\n" for t in terms)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

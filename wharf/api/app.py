@@ -15,7 +15,7 @@ from wharf.api import openai
 from wharf.api.pipeline import Pipeline
 from wharf.config import Settings
 from wharf.platform.core import Platform
-from wharf.platform.limits import make_limiter
+from wharf.platform.limits import Limits, make_limiter
 from wharf.platform.metrics import Metrics
 from wharf.platform.safety import SafetyPolicy
 
@@ -50,7 +50,8 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     """`registry` is a loaded ModelRegistry (the caller owns its lifetime)."""
     platform = platform or Platform.open(settings, model_exists=lambda name: name in registry.names())
     metrics = Metrics()
-    safety = SafetyPolicy.from_file(settings.lexicon_path)
+    lexicon_path = settings.resolved_lexicon_path      # WHARF_LEXICON_PATH, else data_dir/lexicon.txt
+    safety = SafetyPolicy.from_file(lexicon_path)
     limiter = make_limiter(settings.redis_url)
 
     @contextlib.asynccontextmanager
@@ -65,9 +66,14 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     app.state.platform = platform
     app.state.metrics = metrics
     app.state.safety = safety
+    app.state.lexicon_path = lexicon_path               # where PUT /admin/api/safety/lexicon persists
     app.state.limiter = limiter
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
-                                  timeout_s=settings.request_timeout_s)
+                                  timeout_s=settings.request_timeout_s,
+                                  default_limits=Limits(rpm=settings.default_rpm or None,
+                                                        tpm=settings.default_tpm or None,
+                                                        qps=settings.default_qps or None,
+                                                        max_concurrency=settings.default_max_concurrency or None))
 
     engines = list(registry.engines.values())
     metrics.bind_engine_stats(queue_depth=lambda: sum(e.stats().waiting for e in engines),

@@ -139,10 +139,14 @@ class Run:
 
 
 class Pipeline:
-    def __init__(self, registry, platform, limiter, safety, metrics, *, timeout_s: float | None = None):
+    def __init__(self, registry, platform, limiter, safety, metrics, *, timeout_s: float | None = None,
+                 default_limits: Limits | None = None):
+        """`default_limits`: the platform's per-account defaults (rpm, tpm, qps,
+        max_concurrency), used field by field where an account sets none of its own."""
         self.registry, self.platform = registry, platform
         self.limiter, self.safety, self.metrics = limiter, safety, metrics
         self.timeout_s = timeout_s
+        self.default_limits = default_limits or Limits()
 
     def engine_for(self, model: str) -> Engine:
         return self.registry.resolve(model)
@@ -211,14 +215,29 @@ class Pipeline:
                                      completion_tokens=completion_tokens, ttft=ttft, tpot=tpot,
                                      latency=latency)
 
+    def _account_limits(self, p: Principal) -> Limits | None:
+        d = self.default_limits
+
+        def pick(own, default):
+            return default if own is None else own
+        return _limits(pick(p.account_rpm, d.rpm), pick(p.account_tpm, d.tpm), pick(p.account_qps, d.qps),
+                       pick(p.account_max_concurrency, d.max_concurrency))
+
     def _scopes(self, caller: Caller) -> list[tuple[str, Limits]]:
         p = caller.principal
         scopes = []
-        for scope, lim in ((f"account:{p.account_id}", _limits(p.account_rpm, p.account_tpm, p.account_qps,
-                                                                p.account_max_concurrency)),
+        for scope, lim in ((f"account:{p.account_id}", self._account_limits(p)),
                            (f"cred:{p.credential_id}", _limits(p.credential_rpm, p.credential_tpm,
                                                                p.credential_qps, p.credential_max_concurrency)),
                            (f"service:{caller.service_id}", _limits(*caller.service_limits))):
             if lim is not None:
                 scopes.append((scope, lim))
         return scopes
+
+    def effective_limits(self, caller: Caller) -> tuple[float | None, float | None]:
+        """(rpm, tpm) that bind this caller: the smallest over its scopes (for headers such
+        as Qianfan's X-Ratelimit-Limit-Requests / -Tokens)."""
+        scopes = [lim for _, lim in self._scopes(caller)]
+        rpms = [lim.rpm for lim in scopes if lim.rpm]
+        tpms = [lim.tpm for lim in scopes if lim.tpm]
+        return (min(rpms) if rpms else None, min(tpms) if tpms else None)

@@ -136,17 +136,12 @@ def _authenticate(request: Request) -> Principal:
     raise E.AuthError("missing access_token or Authorization", reason="missing")
 
 
-def _min(*vals):
-    vals = [v for v in vals if v]
-    return min(vals) if vals else None
-
-
-def _limit_headers(p: Principal, svc=None) -> dict:
-    rpm = _min(p.account_rpm, p.credential_rpm, svc.rpm if svc else None)
-    tpm = _min(p.account_tpm, p.credential_tpm, svc.tpm if svc else None)
+def _limit_headers(state, caller: Caller) -> dict:
+    """The limits that bind this caller (account, platform default, credential, service)."""
+    rpm, tpm = state.pipeline.effective_limits(caller)
     headers = {}
     if rpm:
-        headers["X-Ratelimit-Limit-Requests"] = str(rpm)
+        headers["X-Ratelimit-Limit-Requests"] = f"{rpm:g}"
     if tpm:
         headers["X-Ratelimit-Limit-Tokens"] = str(int(tpm))
     return headers
@@ -362,14 +357,14 @@ async def _serve(request: Request, endpoint: str, kind: str):
     except E.WharfError as exc:
         return _error(exc, iam=iam)
     caller = Caller(principal=principal, dialect="qianfan")
-    headers = _limit_headers(principal)
+    headers = _limit_headers(state, caller)
     try:
         svc = state.platform.services.resolve_service(principal, endpoint, kind)
     except E.WharfError as exc:
         state.pipeline.reject(caller, None, exc)
         return _error(exc, headers=headers)
     caller.service_id, caller.service_limits = svc.id, (svc.rpm, svc.tpm)
-    headers = _limit_headers(principal, svc)
+    headers = _limit_headers(state, caller)
 
     messages = None
     try:

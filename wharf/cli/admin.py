@@ -1,4 +1,4 @@
-"""Admin commands: `wharf accounts|keys|services|usage ...`.
+"""Admin commands: `wharf accounts|keys|services|usage|safety ...`.
 
 By default they work on the local store (the database and secret key that
 Settings name: WHARF_DATA_DIR, WHARF_DATABASE_URL, WHARF_SECRET_KEY). With
@@ -61,6 +61,24 @@ class Local:
 
     def accounts_status(self, ref, status):
         return self.p.accounts.set_status(self._acc(ref), status).to_dict()
+
+    def accounts_limits(self, ref, limits):
+        return self.p.accounts.update_limits(self._acc(ref), **limits).to_dict()
+
+    def keys_limits(self, cred_id, limits):
+        return self.p.credentials.update_limits(cred_id, **limits).to_dict()
+
+    def lexicon_get(self):
+        from wharf.platform.safety import load_terms
+
+        path = self.settings.resolved_lexicon_path
+        return {"terms": load_terms(path) if path.exists() else [], "path": str(path)}
+
+    def lexicon_set(self, terms):
+        from wharf.api.admin import _write_lexicon
+
+        _write_lexicon(self.settings.resolved_lexicon_path, terms)
+        return self.lexicon_get()
 
     def keys_create(self, account, kind, label):
         return self.p.credentials.create(self._acc(account), kind, label=label).to_dict()
@@ -134,6 +152,18 @@ class Remote:
 
     def accounts_status(self, ref, status):
         return self._call("POST", f"/accounts/{self._acc(ref)}/{'enable' if status == 'active' else 'disable'}")
+
+    def accounts_limits(self, ref, limits):
+        return self._call("PATCH", f"/accounts/{self._acc(ref)}", json=limits)
+
+    def keys_limits(self, cred_id, limits):
+        return self._call("PATCH", f"/credentials/{cred_id}", json=limits)
+
+    def lexicon_get(self):
+        return self._call("GET", "/safety/lexicon")
+
+    def lexicon_set(self, terms):
+        return self._call("PUT", "/safety/lexicon", json={"terms": terms})
 
     def keys_create(self, account, kind, label):
         return self._call("POST", "/credentials", json={"account_id": self._acc(account), "kind": kind,
@@ -254,6 +284,29 @@ def accounts_enable(account: Annotated[str, typer.Argument(help="Account name or
     console.print(f"account {a['name']} is now {a['status']}")
 
 
+def _limit_values(**given) -> dict:
+    """Options given on the command line; a negative value clears that limit (null)."""
+    return {k: (None if v < 0 else v) for k, v in given.items() if v is not None}
+
+
+
+@accounts_app.command("limits")
+def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or id.")],
+                    quota_chars: Annotated[int | None, typer.Option(help="Generated characters a day.")] = None,
+                    quota_tokens: Annotated[int | None, typer.Option(help="Tokens a day.")] = None,
+                    rpm: Annotated[int | None, typer.Option()] = None,
+                    tpm: Annotated[int | None, typer.Option()] = None,
+                    qps: Annotated[int | None, typer.Option()] = None,
+                    max_concurrency: Annotated[int | None, typer.Option()] = None,
+                    server: Server = None, admin_key: AdminKey = None):
+    """Set an account's limits and daily quota (options not given are kept). A negative value
+    clears a limit, so the platform default (WHARF_DEFAULT_*) applies again."""
+    limits = _limit_values(quota_chars_per_day=quota_chars, quota_tokens_per_day=quota_tokens,
+                           rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
+    a = _run(server, admin_key, lambda b: b.accounts_limits(account, limits))
+    _table("account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency"])
+
+
 KEY_COLS = ["id", "account_id", "kind", "public_id", "label", "created_at", "last_used_at", "revoked_at"]
 SECRET_NAMES = {"api_key": [("API key", "api_key")],
                 "qianfan_app": [("API Key (client_id)", "api_key"), ("Secret Key (client_secret)", "secret_key")],
@@ -291,6 +344,20 @@ def keys_revoke(credential_id: int, server: Server = None, admin_key: AdminKey =
     """Revoke a credential: the next request with it fails."""
     c = _run(server, admin_key, lambda b: b.keys_revoke(credential_id))
     console.print(f"credential {c['id']} ({c['kind']} {c['public_id']}) revoked")
+
+
+@keys_app.command("limits")
+def keys_limits(credential_id: int,
+                rpm: Annotated[int | None, typer.Option()] = None,
+                tpm: Annotated[int | None, typer.Option()] = None,
+                qps: Annotated[int | None, typer.Option()] = None,
+                max_concurrency: Annotated[int | None, typer.Option()] = None,
+                server: Server = None, admin_key: AdminKey = None):
+    """Set a credential's own limits (they narrow the account's). A negative value clears one."""
+    limits = _limit_values(rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
+    c = _run(server, admin_key, lambda b: b.keys_limits(credential_id, limits))
+    _table("credential limits", [c], ["id", "account_id", "kind", "public_id", "rpm", "tpm", "qps",
+                                      "max_concurrency"])
 
 
 SERVICE_COLS = ["id", "account_id", "endpoint", "kind", "model", "description", "rpm", "tpm", "created_at"]
@@ -334,8 +401,41 @@ def usage(account: Annotated[str | None, typer.Option("--account", "-a")] = None
            ["key", "requests", "prompt_tokens", "completion_tokens", "generated_chars", "errors"])
 
 
+safety_app = typer.Typer(help="Content safety: the sensitive-word lexicon.", no_args_is_help=True)
+
+
+@safety_app.command("lexicon")
+def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="Replace the lexicon with this "
+                                                                "file's terms (one a line; '-' reads stdin).")]
+                   = None,
+                   server: Server = None, admin_key: AdminKey = None):
+    """Show the lexicon, or replace it with --set FILE. With --server the running server applies it
+    at once; on the local store it is written to the lexicon file and read on the next start."""
+    import sys
+
+    from wharf.platform.safety import load_terms, parse_terms
+
+    terms = None
+    if set_file is not None:
+        try:
+            terms = parse_terms(sys.stdin.read()) if set_file == "-" else load_terms(set_file)
+        except OSError as e:
+            err_console.print(f"[red]error:[/red] cannot read {set_file}: {e}")
+            raise typer.Exit(1) from None
+    out = _run(server, admin_key, lambda b: b.lexicon_get() if terms is None else b.lexicon_set(terms))
+    if terms is not None:
+        console.print(f"lexicon replaced: {len(out['terms'])} term(s) in {out.get('path')}", highlight=False)
+        if not server:
+            console.print("[yellow]A running server reads the file on its next start; use --server to "
+                          "apply it now.[/yellow]")
+        return
+    for t in out["terms"]:
+        console.print(t, highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(keys_app, name="keys")
     app.add_typer(services_app, name="services")
     app.command("usage")(usage)
+    app.add_typer(safety_app, name="safety")

@@ -18,27 +18,32 @@ from wharf.platform.usage import UsageLog
 
 class Platform:
     def __init__(self, store: Store, secret_box: SecretBox, *, tz: str = DEFAULT_TZ,
-                 model_exists: Callable[[str], bool] | None = None):
+                 model_exists: Callable[[str], bool] | None = None,
+                 default_quota: tuple[int | None, int | None] = (None, None)):
         self.store = store
         self.secret_box = secret_box
         self.accounts = Accounts(store)
         self.credentials = Credentials(store, secret_box)
         self.services = Services(store, model_exists)
         self.authenticator = Authenticator(store, secret_box, credentials=self.credentials)
-        self.quota = QuotaBook(store, tz)
+        self.quota = QuotaBook(store, tz, default_chars=default_quota[0], default_tokens=default_quota[1])
         self.usage = UsageLog(store, tz)
 
     @classmethod
     def open(cls, settings, *, model_exists: Callable[[str], bool] | None = None) -> "Platform":
         """From wharf.config.Settings: database (resolved_database_url), secret key
         (WHARF_SECRET_KEY or data_dir/secret.key), quota timezone (settings.quota_timezone
-        if it exists, else env WHARF_QUOTA_TIMEZONE, else Asia/Shanghai)."""
+        if it exists, else env WHARF_QUOTA_TIMEZONE, else Asia/Shanghai), platform default quotas
+        (settings.default_quota_chars_per_day / default_quota_tokens_per_day)."""
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         tz = (getattr(settings, "quota_timezone", None) or os.environ.get("WHARF_QUOTA_TIMEZONE")
               or DEFAULT_TZ)
         store = Store.open(settings.resolved_database_url)
-        return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists)
+        default_quota = (getattr(settings, "default_quota_chars_per_day", None),
+                         getattr(settings, "default_quota_tokens_per_day", None))
+        return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists,
+                   default_quota=default_quota)
 
     def ensure_admin(self) -> str | None:
         return ensure_admin(self.store)

@@ -10,6 +10,10 @@ Each reservation also gets a row in quota_reservations, so that after a crash
 reconcile_stale() can give back what was reserved and never settled.
 The day is the calendar day in the quota timezone (default Asia/Shanghai);
 a request is counted on the day it was reserved.
+
+Platform defaults: an account whose quota_chars_per_day / quota_tokens_per_day is
+NULL gets the book's default_chars / default_tokens (None: unlimited), field by
+field, in reserve() and status() alike.
 """
 
 from __future__ import annotations
@@ -50,9 +54,18 @@ def _amount(v, param: str) -> int:
 
 
 class QuotaBook:
-    def __init__(self, store: Store, tz: str = DEFAULT_TZ):
+    def __init__(self, store: Store, tz: str = DEFAULT_TZ, *, default_chars: int | None = None,
+                 default_tokens: int | None = None):
         self.store = store
         self.tz = ZoneInfo(tz)
+        self.default_chars = default_chars
+        self.default_tokens = default_tokens
+
+    def _limits(self, acct) -> tuple[int | None, int | None]:
+        """The account's own daily limits, each falling back to the platform default."""
+        climit, tlimit = acct
+        return (self.default_chars if climit is None else climit,
+                self.default_tokens if tlimit is None else tlimit)
 
     def today(self, now: dt.datetime | None = None) -> dt.date:
         return (now or utcnow()).astimezone(self.tz).date()
@@ -75,7 +88,7 @@ class QuotaBook:
                              .where(Account.id == account_id)).first()
             if acct is None:
                 raise NotFound(f"account {account_id} not found", reason="account")
-            climit, tlimit = acct
+            climit, tlimit = self._limits(acct)
             # The reservation row first: a duplicate request_id fails before anything changes.
             if s.get(QuotaReservation, request_id) is not None:
                 raise Conflict(f"request {request_id!r} already holds a reservation", param="request_id")
@@ -143,5 +156,5 @@ class QuotaBook:
             row = s.scalar(select(QuotaUsage).where(QuotaUsage.account_id == account_id,
                                                     QuotaUsage.day == day))
         vals = (row.chars_used, row.tokens_used, row.chars_reserved, row.tokens_reserved) if row else (0,) * 4
-        return QuotaStatus(account_id, day, acct[0], acct[1], *vals)
+        return QuotaStatus(account_id, day, *self._limits(acct), *vals)
 
