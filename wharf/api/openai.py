@@ -128,6 +128,16 @@ def _chat_logprobs(chunks: list[Chunk]) -> dict:
                         for c in chunks for lp in (c.logprobs or [])], "refusal": None}
 
 
+async def _collect(run: Run, n: int) -> dict[int, tuple[list[Chunk], str, FinishReason]]:
+    """A whole non-streamed answer: per choice its chunks, text and finish reason."""
+    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(n)}
+    async for c in run.chunks():
+        per_choice[c.index].append(c)
+    return {i: (chunks, "".join(c.text for c in chunks),
+                next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP))
+            for i, chunks in per_choice.items()}
+
+
 async def _admit(request: Request, body_model, build):
     """Authenticate, parse, and start a run; returns (body, run) or an error response."""
     state = request.app.state
@@ -185,16 +195,12 @@ async def completions(request: Request):
             yield event("[DONE]")
         return sse_response(stream())
 
-    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(body.n)}
     try:
-        async for c in run.chunks():
-            per_choice[c.index].append(c)
+        per_choice = await _collect(run, body.n)
     except WharfError as exc:
         return openai_error(exc)
     choices = []
-    for i, chunks in per_choice.items():
-        text = "".join(c.text for c in chunks)
-        finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP)
+    for i, (chunks, text, finish) in per_choice.items():
         choices.append({"index": i, "text": echo + text,
                         "logprobs": _completion_logprobs(chunks, len(echo)) if body.logprobs is not None else None,
                         "finish_reason": FINISH[finish]})
@@ -240,16 +246,13 @@ async def chat_completions(request: Request):
             yield event("[DONE]")
         return sse_response(stream())
 
-    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(body.n)}
     try:
-        async for c in run.chunks():
-            per_choice[c.index].append(c)
+        per_choice = await _collect(run, body.n)
     except WharfError as exc:
         return openai_error(exc)
     choices = []
-    for i, chunks in per_choice.items():
-        finish = next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP)
-        choices.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text for c in chunks),
+    for i, (chunks, text, finish) in per_choice.items():
+        choices.append({"index": i, "message": {"role": "assistant", "content": text,
                                                 "refusal": None},
                         "logprobs": _chat_logprobs(chunks) if body.logprobs else None,
                         "finish_reason": FINISH[finish]})
