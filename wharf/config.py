@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     backend: str = "torch"                   # torch | vllm | upstream
     upstream_url: str | None = None
+    upstream_api_key: str | None = None      # bearer key the gateway sends to the upstream engine
+    upstream_tokenizer: str | None = None    # HF tokenizer folder for exact prompt counts (else estimated)
+    vllm_engine_args: dict = Field(default_factory=dict)  # extra vLLM AsyncEngineArgs, e.g. {"gpu_memory_utilization": 0.85}
     dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
     threads: int | None = None               # torch intra-op threads (None: all cores)
 
