@@ -121,6 +121,26 @@ def run_baseline(folder: Path, prompts: list[str], max_tokens: int, dtype: str) 
     return res
 
 
+def run_hf_continuous_batching(folder: Path, prompts: list[str], max_tokens: int, dtype: str) -> Result:
+    """transformers' own continuous batching (`generate_batch`, paged attention), all prompts at once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from wharf.engine.loader import torch_dtype
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype),
+                                                 attn_implementation="paged|eager").eval()
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1,
+                              pad_token_id=tok.eos_token_id, num_blocks=512, max_batch_tokens=512)
+    ids = [tok(p)["input_ids"] for p in prompts]
+    start = time.perf_counter()
+    out = model.generate_batch(inputs=ids, generation_config=config)
+    res = Result(f"transformers generate_batch, {len(prompts)} at once")
+    res.duration = time.perf_counter() - start
+    res.requests = len(out)
+    res.output_tokens = sum(len(o.generated_tokens) for o in out.values())
+    return res
+
+
 async def one_request(client: httpx.AsyncClient, key: str, prompt: str, max_tokens: int, res: Result) -> None:
     body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
@@ -271,6 +291,8 @@ def main() -> None:
         print("baseline: transformers generate, sequential ...", flush=True)
         baseline = run_baseline(folder, prompts[:args.baseline_requests], args.max_tokens, args.dtype)
         rows = [baseline.row(None)]
+        print("transformers generate_batch (continuous batching) ...", flush=True)
+        rows.append(run_hf_continuous_batching(folder, prompts[:8], args.max_tokens, args.dtype).row(baseline))
         for c in args.concurrency:
             n = args.requests or max(8, 2 * c)
             print(f"wharf: {c} concurrent, {n} requests ...", flush=True)
@@ -284,8 +306,8 @@ def main() -> None:
         engine.shutdown()
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "model": MODEL, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-            "single-stream TPOT / baseline": (round(rows[1]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
-                                              if len(rows) > 1 else None)}
+            "single-stream TPOT / baseline": (round(rows[2]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
+                                              if len(rows) > 2 else None)}
     print(markdown(rows))
     print(json.dumps(overhead))
     args.out.write_text(json.dumps({"info": info, "rows": rows, "gateway": overhead}, indent=2, ensure_ascii=False))
