@@ -32,7 +32,12 @@ def build_settings(**overrides) -> Settings:
 
 
 def load_models(settings: Settings):
-    from wharf.engine.registry import ModelSpec, default_spec, load_registry, set_threads
+    if settings.backend == "upstream":
+        return load_upstream(settings)
+    if settings.backend not in ("torch", "vllm"):
+        raise typer.BadParameter(f"unknown backend {settings.backend!r}: torch, vllm or upstream",
+                                 param_hint="--backend")
+    from wharf.engine.registry import ModelSpec, default_spec, load_registry, load_vllm_registry, set_threads
 
     set_threads(settings.threads)
     specs = [ModelSpec(name=name, path=Path(path)) for name, path in settings.models.items()]
@@ -43,13 +48,53 @@ def load_models(settings: Settings):
             status.update(f"[bold]{msg}[/]")
             console.log(msg)
         start = time.monotonic()
-        registry = load_registry(specs, settings.aliases, dtype=settings.dtype, cache_dir=settings.cache_dir,
-                                 max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
-                                 max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
+        if settings.backend == "vllm":
+            registry = load_vllm_registry(specs, settings.aliases, max_model_len=settings.max_model_len,
+                                          max_batch_size=settings.max_batch_size, dtype=settings.dtype,
+                                          engine_args=settings.vllm_engine_args,
+                                          cache_dir=settings.cache_dir, log=log)
+        else:
+            registry = load_registry(specs, settings.aliases, dtype=settings.dtype, cache_dir=settings.cache_dir,
+                                     max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
+                                     max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
     for info in registry.list():
         console.log(f"[green]ready[/] {info.name} ({info.identity}, {info.backend}, {info.dtype}, "
                     f"context {info.context_length}) in {time.monotonic() - start:.1f} s")
     return registry
+
+
+def load_upstream(settings: Settings):
+    """--backend upstream: one engine per model of an OpenAI-compatible server; no weights.
+    `settings.models` maps local NAME -> upstream model id (empty: all of them)."""
+    from wharf.engine.registry import load_upstream_registry
+
+    if not settings.upstream_url:
+        raise typer.BadParameter("--backend upstream needs --upstream-url (or WHARF_UPSTREAM_URL)",
+                                 param_hint="--upstream-url")
+    start = time.monotonic()
+    try:
+        registry = load_upstream_registry(
+            settings.upstream_url, api_key=settings.upstream_api_key, models=settings.models,
+            aliases=settings.aliases, default_context=settings.max_model_len,
+            tokenizer=settings.upstream_tokenizer, read_timeout=settings.request_timeout_s, log=console.log)
+    except RuntimeError as exc:
+        console.print(f"[bold red]upstream:[/] {exc}")
+        raise typer.Exit(2) from None
+    for info in registry.list():
+        console.log(f"[green]ready[/] {info.name} ({info.identity}, upstream {settings.upstream_url}, "
+                    f"context {info.context_length}) in {time.monotonic() - start:.1f} s")
+    return registry
+
+
+def _upstream_models(values: list[str] | None) -> dict[str, str]:
+    """--model NAME (expose upstream model NAME) or NAME=UPSTREAM_ID (under another name)."""
+    out = {}
+    for value in values or []:
+        name, sep, target = value.partition("=")
+        if not name.strip() or (sep and not target.strip()):
+            raise typer.BadParameter(f"expected NAME or NAME=UPSTREAM_ID, got {value!r}", param_hint="--model")
+        out[name.strip()] = (target if sep else name).strip()
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -69,6 +114,12 @@ def register(app: typer.Typer) -> None:
         max_model_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence.")] = None,
         max_queue: Annotated[Optional[int], typer.Option(help="Waiting requests before 'overloaded'.")] = None,
         lexicon: Annotated[Optional[Path], typer.Option(help="Sensitive-word file.")] = None,
+        backend: Annotated[Optional[str], typer.Option(
+            help="torch (embedded, default), vllm (in-process, GPU) or upstream (an OpenAI-compatible server).")] = None,
+        upstream_url: Annotated[Optional[str], typer.Option(
+            help="Base URL of the upstream engine for --backend upstream (e.g. http://vllm:8000).")] = None,
+        upstream_tokenizer: Annotated[Optional[str], typer.Option(
+            help="Tokenizer folder for exact prompt counts with --backend upstream (else estimated).")] = None,
     ) -> None:
         """Serve the models behind the Qianfan, WeLM, SenseNova and OpenAI APIs."""
         import uvicorn
@@ -78,11 +129,17 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         base = Settings()
+        chosen_backend = backend or base.backend
+        if chosen_backend == "upstream" and model:
+            models = {**base.models, **_upstream_models(model)}
+        else:
+            models = {**base.models, **_pairs(model, "--model")} if model else None
         settings = build_settings(
+            backend=backend, upstream_url=upstream_url, upstream_tokenizer=upstream_tokenizer,
             host=host, port=port, dtype=dtype, data_dir=data_dir, database_url=database_url,
             redis_url=redis_url, max_batch_size=max_batch_size, max_model_len=max_model_len,
             max_queue=max_queue, lexicon_path=lexicon,
-            models={**base.models, **_pairs(model, "--model")} if model else None,
+            models=models,
             aliases={**base.aliases, **_pairs(alias, "--alias")} if alias else None,
             load_default_model=False if no_default_model else None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,39 @@ def load_registry(specs: list[ModelSpec], aliases: dict[str, str], **engine_kw) 
     return registry
 
 
+def load_upstream_registry(url: str, *, api_key: str | None, models: dict[str, str],
+                           aliases: dict[str, str], default_context: int, tokenizer: str | None = None,
+                           read_timeout: float = 600.0, log=lambda m: None) -> ModelRegistry:
+    """One UpstreamEngine per upstream model (GET {url}/v1/models); no weights are loaded.
+    `models`: local NAME -> upstream id (empty: all of them, under their own ids)."""
+    from wharf.engine.backends.upstream import build_upstream_engines
+
+    engines, upstream_aliases = build_upstream_engines(
+        url, api_key=api_key, models=models, default_context=default_context, tokenizer=tokenizer,
+        read_timeout=read_timeout, log_fn=log)
+    registry = ModelRegistry()
+    for engine in engines:
+        registry.add(engine)
+    for alias, target in {**upstream_aliases, **aliases}.items():
+        registry.add_alias(alias, target)
+    return registry
+
+
+def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_model_len: int,
+                       max_batch_size: int, dtype: str, engine_args: dict | None = None,
+                       tokenizer_paths: dict[str, str] | None = None, log=lambda m: None) -> ModelRegistry:
+    """One in-process vLLM engine per model (needs `pip install wharf[vllm]` and a GPU)."""
+    from wharf.engine.backends.vllm_backend import build_vllm_engine
+
+    registry = ModelRegistry()
+    for spec in specs:
+        registry.add(build_vllm_engine(spec, max_model_len=max_model_len, max_batch_size=max_batch_size,
+                                       dtype=dtype, engine_args=engine_args, log=log))
+    for alias, target in aliases.items():
+        registry.add_alias(alias, target)
+    return registry
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
