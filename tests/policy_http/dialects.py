@@ -1,0 +1,239 @@
+"""One small raw-HTTP client per dialect, so a test can say "send this in dialect X" and get
+back what that dialect's client would see, classified into one outcome.
+
+Every client sends a completion (or chat) of `prompt` with a small max token count and
+greedy decoding, streamed or not, over real HTTP to a live `wharf serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+import jwt
+
+from tests.conftest import MODEL
+
+QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+
+
+@dataclass
+class Reply:
+    dialect: str
+    status: int
+    headers: httpx.Headers
+    body: object                      # parsed JSON, text, or the list of stream events
+    text: str = ""                    # generated text the client received (all of it)
+    finish: str | None = None         # the dialect's own finish reason
+    outcome: str = "ok"               # ok | rate_limited | quota | blocked_input | blocked_output | error
+    events: list = field(default_factory=list)
+
+
+@dataclass
+class Identity:
+    """An account and the credentials every dialect needs."""
+    account_id: int
+    api_key: str
+    qf_ak: str
+    qf_sk: str
+    qf_completions: str
+    qf_chat: str
+    sn_ak: str
+    sn_sk: str
+    qf_token: str | None = None
+
+
+def provision(server, name: str, **limits) -> Identity:
+    p = server.platform
+    tag = uuid.uuid4().hex[:8]
+    acct = p.accounts.create(f"{name}-{tag}", **limits)
+    key = p.credentials.create(acct.id, "api_key", label="policy").secret
+    app = p.credentials.create(acct.id, "qianfan_app", label="policy")
+    sn = p.credentials.create(acct.id, "sensenova", label="policy")
+    comp = p.services.create(acct.id, f"pc{tag}", MODEL, "completions", "policy tests")
+    chat = p.services.create(acct.id, f"pchat{tag}", MODEL, "chat", "policy tests")
+    return Identity(acct.id, key, app.public_id, app.secret, comp.endpoint, chat.endpoint,
+                    sn.public_id, sn.secret)
+
+
+def qf_token(url: str, ident: Identity) -> str:
+    if ident.qf_token is None:
+        r = httpx.post(f"{url}/oauth/2.0/token", params={"grant_type": "client_credentials",
+                                                         "client_id": ident.qf_ak,
+                                                         "client_secret": ident.qf_sk}, timeout=30)
+        r.raise_for_status()
+        ident.qf_token = r.json()["access_token"]
+    return ident.qf_token
+
+
+def sn_jwt(ident: Identity) -> str:
+    now = int(time.time())
+    return jwt.encode({"iss": ident.sn_ak, "exp": now + 1800, "nbf": now - 5}, ident.sn_sk, algorithm="HS256")
+
+
+# dialect id -> (streams?, chat?)
+DIALECTS = {
+    "openai": (True, False), "openai-chat": (True, True),
+    "qianfan": (True, False), "qianfan-chat": (True, True),
+    "welm": (False, False),
+    "sensenova": (True, False), "sensenova-chat": (True, True),
+}
+COMPLETION_DIALECTS = ["openai", "qianfan", "welm", "sensenova"]
+
+
+def request(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int, *, stream: bool = False):
+    """(method, url, kwargs) for httpx: the request as that dialect's client sends it."""
+    chat = DIALECTS[dialect][1]
+    msgs = [{"role": "user", "content": prompt}]
+    if dialect.startswith("openai"):
+        body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+                **({"messages": msgs} if chat else {"prompt": prompt})}
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        return url + path, {"json": body, "headers": {"Authorization": f"Bearer {ident.api_key}"}}
+    if dialect.startswith("qianfan"):
+        body = {"max_output_tokens": max_tokens, "top_k": 1, "stream": stream,
+                **({"messages": msgs} if chat else {"prompt": prompt})}
+        path = f"{QF}/chat/{ident.qf_chat}" if chat else f"{QF}/completions/{ident.qf_completions}"
+        return url + path, {"json": body, "params": {"access_token": qf_token(url, ident)}}
+    if dialect == "welm":
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        return url + "/welm/v1/completions", {"json": body,
+                                              "headers": {"Authorization": f"Bearer {ident.api_key}"}}
+    if dialect.startswith("sensenova"):
+        body = {"model": MODEL, "max_new_tokens": max_tokens, "temperature": 0.01, "top_p": 0.000001,
+                "repetition_penalty": 1.0, "stream": stream,
+                **({"messages": msgs} if chat else {"prompt": prompt})}
+        path = "/v1/llm/chat-completions" if chat else "/v1/llm/completions"
+        return url + path, {"json": body, "headers": {"Authorization": f"Bearer {sn_jwt(ident)}"}}
+    raise ValueError(dialect)
+
+
+def _events(raw: str) -> list:
+    out = []
+    for line in raw.split("\n"):
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            out.append(data if data == "[DONE]" else json.loads(data))
+        elif line.strip().startswith("{"):
+            out.append(json.loads(line))       # Qianfan's bare-JSON mid-stream error
+    return out
+
+
+def classify(dialect: str, r: httpx.Response, stream: bool) -> Reply:
+    ctype = r.headers.get("content-type", "")
+    if "event-stream" in ctype:
+        body = _events(r.text)
+    elif "json" in ctype:
+        body = r.json()
+    else:
+        body = r.text
+    rep = Reply(dialect, r.status_code, r.headers, body)
+    if dialect.startswith("openai"):
+        if r.status_code == 429:
+            rep.outcome = "quota" if body["error"]["code"] == "insufficient_quota" else "rate_limited"
+        elif r.status_code == 400 and body["error"]["code"] == "content_policy_violation":
+            rep.outcome = "blocked_input"
+        elif r.status_code != 200:
+            rep.outcome = "error"
+        else:
+            chat = dialect == "openai-chat"
+            if isinstance(body, list):
+                rep.events = [e for e in body if e != "[DONE]"]
+                for e in rep.events:
+                    for c in e.get("choices", []):
+                        rep.text += (c.get("delta", {}).get("content") or "") if chat else c.get("text", "")
+                        rep.finish = c.get("finish_reason") or rep.finish
+            else:
+                c = body["choices"][0]
+                rep.text = c["message"]["content"] if chat else c["text"]
+                rep.finish = c["finish_reason"]
+            rep.outcome = "blocked_output" if rep.finish == "content_filter" else "ok"
+    elif dialect.startswith("qianfan"):
+        assert r.status_code == 200, r.text       # Qianfan always answers 200
+        if isinstance(body, dict) and "error_code" in body:
+            code = body["error_code"]
+            rep.finish = str(code)
+            rep.outcome = {17: "quota", 18: "rate_limited", 336501: "rate_limited",
+                           336502: "rate_limited"}.get(code, "error")
+            if code == 336003 and body.get("need_clear_history"):
+                rep.outcome = "blocked_input"
+        else:
+            frames = body if isinstance(body, list) else [body]
+            rep.events = frames
+            rep.text = "".join(f.get("result", "") for f in frames)
+            last = frames[-1]
+            rep.finish = last.get("finish_reason")
+            if any("error_code" in f for f in frames):
+                rep.outcome = "error"
+            elif last.get("is_safe") == 0 or rep.finish == "content_filter":
+                rep.outcome = "blocked_output"
+    elif dialect == "welm":
+        if r.status_code == 429:
+            rep.outcome = {"quota limit exceed": "quota", "rate limit exceeded": "rate_limited"}.get(body, "error")
+        elif r.status_code == 400 and body["choices"][0]["finish_reason"] == "error: content policy violation":
+            rep.outcome = "blocked_input"
+        elif r.status_code != 200:
+            rep.outcome = "error"
+        else:
+            c = body["choices"][0]
+            rep.text, rep.finish = c["text"], c["finish_reason"]
+            rep.outcome = "blocked_output" if rep.finish == "error: internal error" else "ok"
+    elif dialect.startswith("sensenova"):
+        chat = dialect == "sensenova-chat"
+        if r.status_code == 429:
+            assert body["error"]["code"] == 8, body
+            msg = body["error"]["message"].lower()
+            rep.outcome = "quota" if "quota" in msg else "rate_limited"
+        elif r.status_code != 200:
+            rep.outcome = "error"
+        else:
+            if isinstance(body, list):
+                rep.events = [e for e in body if e != "[DONE]"]
+                for e in rep.events:
+                    for c in e["data"]["choices"]:
+                        rep.text += c.get("delta", "")
+                        rep.finish = c.get("finish_reason") or rep.finish
+            else:
+                c = body["data"]["choices"][0]
+                rep.text = c["message"] if chat else c["text"]
+                rep.finish = c["finish_reason"]
+            usage = (rep.events[-1]["data"]["usage"] if rep.events else body["data"]["usage"])
+            if rep.finish == "sensitive":
+                # A blocked prompt is a 200 with no completion at all (SenseNova has no error for it).
+                rep.outcome = "blocked_input" if usage["completion_tokens"] == 0 else "blocked_output"
+    return rep
+
+
+def call(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int = 4, *,
+         stream: bool = False, client: httpx.Client | None = None) -> Reply:
+    target, kw = request(dialect, url, ident, prompt, max_tokens, stream=stream)
+    if client is not None:
+        return classify(dialect, client.post(target, **kw), stream)
+    with httpx.Client(timeout=120) as c:
+        return classify(dialect, c.post(target, **kw), stream)
+
+
+async def acall(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int = 4, *,
+                stream: bool = False, client: httpx.AsyncClient) -> Reply:
+    target, kw = request(dialect, url, ident, prompt, max_tokens, stream=stream)
+    return classify(dialect, await client.post(target, **kw), stream)
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """Sum of a Prometheus series at /metrics whose labels include `labels`."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        head, _, rest = series.partition("{")
+        if head != name:
+            continue
+        got = dict(p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+        got = {k: v.strip('"') for k, v in got.items()}
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
