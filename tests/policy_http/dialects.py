@@ -82,6 +82,7 @@ DIALECTS = {
     "sensenova": (True, False), "sensenova-chat": (True, True),
 }
 COMPLETION_DIALECTS = ["openai", "qianfan", "welm", "sensenova"]
+ALL_DIALECTS = list(DIALECTS)
 
 
 def request(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int, *, stream: bool = False):
