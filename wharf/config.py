@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     default_quota_tokens_per_day: int | None = None
 
     request_timeout_s: float = 600.0         # per-request deadline (WeLM 504)
+    shutdown_grace_s: float = 30.0           # SIGTERM: in-flight requests get this long to finish
+    # Quota reservations left by a killed process (see RELIABILITY.md): "auto" releases, at
+    # start, all made before this process started on SQLite (one process per data dir) and
+    # those older than request_timeout_s + 60 s elsewhere (replicas share the database);
+    # "all" / "stale" force either; "off" skips. Every reconcile_interval_s (0: never) the
+    # running server also releases reservations older than request_timeout_s + 60 s.
+    reconcile_on_start: str = "auto"
+    reconcile_interval_s: float = 60.0
     max_body_bytes: int = 4 * 1024 * 1024
 
     @property

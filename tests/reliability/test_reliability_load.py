@@ -1,6 +1,6 @@
 """Item 1: load across all four dialects with clients that disconnect mid-stream.
 
-Bounded: CLIENTS concurrent clients for DURATION seconds (80 / 35 s in the suite; with
+Bounded: CLIENTS concurrent clients for DURATION seconds (64 / 30 s in the suite; with
 WHARF_SOAK=1, 200 / 120 s or WHARF_SOAK_CLIENTS / WHARF_SOAK_SECONDS). Afterwards:
 no 5xx but designed overload answers, every request that passed auth has exactly one
 usage record, quota used == the sum of the records, nothing left reserved, every batch
@@ -21,8 +21,8 @@ import pytest
 from tests.reliability.rel_clients import DIALECTS, error_code, provision, request_for
 
 SOAK = os.environ.get("WHARF_SOAK") == "1"
-CLIENTS = int(os.environ.get("WHARF_SOAK_CLIENTS", 200)) if SOAK else 80
-DURATION = float(os.environ.get("WHARF_SOAK_SECONDS", 120)) if SOAK else 35.0
+CLIENTS = int(os.environ.get("WHARF_SOAK_CLIENTS", 200)) if SOAK else 64
+DURATION = float(os.environ.get("WHARF_SOAK_SECONDS", 120)) if SOAK else 30.0
 DISCONNECT = 0.10
 
 pytestmark = pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -54,9 +55,25 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     safety = SafetyPolicy.from_file(lexicon_path)
     limiter = make_limiter(settings.redis_url)
 
+    async def reconcile_forever(every: float) -> None:
+        """Give back reservations of requests that died with another process (a replica
+        killed mid-request): none outlives its deadline, so older ones are leftovers."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                n = await asyncio.to_thread(platform.reconcile, older_than_s=settings.request_timeout_s + 60)
+                if n:
+                    log.warning("released %d stale quota reservation(s)", n)
+            except Exception as exc:        # the store may be down for a moment; try again later
+                log.warning("quota reconcile failed: %s", exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        every = getattr(settings, "reconcile_interval_s", 0) or 0
+        task = asyncio.create_task(reconcile_forever(every)) if every > 0 else None
         yield
+        if task is not None:
+            task.cancel()
         limiter.close()
 
     app = FastAPI(title="Wharf", version=__version__, lifespan=lifespan,

@@ -127,6 +127,8 @@ def register(app: typer.Typer) -> None:
         from wharf.api.app import create_app
         from wharf.platform.core import Platform
 
+        import datetime as dt
+        process_start = dt.datetime.now(dt.timezone.utc)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         base = Settings()
         chosen_backend = backend or base.backend
@@ -145,9 +147,10 @@ def register(app: typer.Typer) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = load_models(settings)
         platform = Platform.open(settings, model_exists=lambda name: name in registry.names())
-        # Reservations older than any live request are leftovers of a crash: give them back.
-        import datetime as dt
-        stale = platform.quota.reconcile_stale(older_than=dt.timedelta(seconds=settings.request_timeout_s + 60))
+        # Reservations that no live request holds are leftovers of a crash: give them back,
+        # with an "error:interrupted" usage record each (RELIABILITY.md).
+        stale = platform.reconcile(older_than_s=settings.request_timeout_s + 60, mode=settings.reconcile_on_start,
+                                   process_start=process_start)
         if stale:
             console.log(f"released {stale} quota reservation(s) left by an earlier crash")
         admin_key = platform.ensure_admin()
@@ -157,9 +160,15 @@ def register(app: typer.Typer) -> None:
                 f"[bold green]{admin_key}[/]\n\nTry: curl http://{settings.host}:{settings.port}/v1/models "
                 f"-H 'Authorization: Bearer {admin_key}'", title="wharf"))
         app = create_app(settings, registry, platform)
+        # SIGTERM: uvicorn stops accepting, lets in-flight requests finish for up to
+        # shutdown_grace_s, then re-raises the signal it caught. Turn that into a clean exit 0
+        # through the cleanup below instead of death by signal (which skipped it).
+        import signal
+        import sys
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                        timeout_graceful_shutdown=30)
+                        timeout_graceful_shutdown=settings.shutdown_grace_s)
         finally:
             registry.shutdown()
             platform.close()

@@ -45,6 +45,23 @@ class Platform:
         return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists,
                    default_quota=default_quota)
 
+    def reconcile(self, *, older_than_s: float, mode: str = "stale", process_start=None) -> int:
+        """Release quota reservations left by a process that died mid-request, writing an
+        "error:interrupted" usage record for each request that has none (see
+        QuotaBook.reconcile_stale). mode "all": every reservation made before
+        `process_start` (a single process per database, at start-up); "stale": those older
+        than `older_than_s` (safe beside live replicas: no request outlives its deadline);
+        "auto": "all" on SQLite, else "stale"; "off": nothing. Returns how many."""
+        import datetime as dt
+
+        if mode == "auto":
+            mode = "all" if self.store.dialect == "sqlite" else "stale"
+        if mode == "off":
+            return 0
+        if mode == "all" and process_start is not None:
+            return self.quota.reconcile_stale(created_before=process_start, usage=self.usage)
+        return self.quota.reconcile_stale(older_than=dt.timedelta(seconds=older_than_s), usage=self.usage)
+
     def ensure_admin(self) -> str | None:
         return ensure_admin(self.store)
 

@@ -136,15 +136,30 @@ class QuotaBook:
         return self.settle(request_id, 0, 0)
 
     def reconcile_stale(self, older_than: dt.timedelta = dt.timedelta(hours=1),
-                        now: dt.datetime | None = None) -> int:
+                        now: dt.datetime | None = None, *, created_before: dt.datetime | None = None,
+                        usage=None) -> int:
         """Release reservations older than `older_than` (left by a crashed process; a request
-        never runs that long). Nothing is charged: we cannot know what was generated.
+        never runs that long), or, with `created_before`, every reservation made before that
+        instant (a single process at start-up: nothing older can still be running). Nothing
+        is charged: we cannot know what was generated.
+
+        With `usage` (a UsageLog), each released request also gets its usage record, status
+        "error:interrupted", unless it already has one (record_usage ignores a second
+        record for a request_id): a request killed mid-flight is still accounted exactly
+        once. The record is written before the release, so a crash in between leaves the
+        reservation for the next reconcile, never a release without a record.
         Returns how many were released."""
-        cutoff = (now or utcnow()) - older_than
+        cutoff = created_before if created_before is not None else (now or utcnow()) - older_than
         with self.store.read() as s:
-            ids = list(s.scalars(select(QuotaReservation.request_id)
-                                 .where(QuotaReservation.created_at < cutoff)))
-        return sum(1 for rid in ids if self.release(rid))
+            rows = list(s.execute(select(QuotaReservation.request_id, QuotaReservation.account_id)
+                                  .where(QuotaReservation.created_at < cutoff)))
+        released = 0
+        for rid, account_id in rows:
+            if usage is not None:
+                usage.record_usage(request_id=rid, account_id=account_id, model="", dialect="",
+                                   status="error:interrupted")
+            released += bool(self.release(rid))
+        return released
 
     def status(self, account_id: int, day: dt.date | None = None) -> QuotaStatus:
         day = day or self.today()
