@@ -196,13 +196,11 @@ def test_cancel_mid_stream_frees_the_upstream(gateway, gw_account, upstream):
     with httpx.stream("POST", gateway.url + "/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {gw_account[1]}"}, timeout=120) as r:
         assert r.status_code == 200
-        got = 0
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                got += 1
-                if got >= 3:
-                    break
+        lines = r.iter_lines()          # kept alive: leaving iter_lines() early closes the connection
+        got = [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]
+        assert got and all('"error"' not in line for line in got), got
         assert _running(upstream) == 1 and _running(gateway) == 1
+        r.close()                       # the client goes away mid-stream
     deadline = time.monotonic() + 20
     while (_running(upstream) or _running(gateway)) and time.monotonic() < deadline:
         time.sleep(0.2)
