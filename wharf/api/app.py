@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from wharf import __version__
 from wharf.api import openai
+from wharf.api.errors import openai_error
 from wharf.api.pipeline import Pipeline
 from wharf.config import Settings
 from wharf.platform.core import Platform
@@ -106,6 +107,25 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         return JSONResponse({"error": {"message": f"{param}: {err['msg']}", "type": "invalid_request_error",
                                        "param": param or None, "code": None}}, status_code=400)
 
+    # The store or Redis unavailable for a moment: a retryable "unavailable" answer in the
+    # caller's dialect (never a bare 500 with a traceback); service resumes by itself once
+    # they are back (pool_pre_ping / redis-py reconnect).
+    from sqlalchemy.exc import DBAPIError
+    unavailable_types: list[type] = [DBAPIError]
+    try:
+        from redis.exceptions import RedisError
+        unavailable_types.append(RedisError)
+    except ImportError:
+        pass
+
+    async def _unavailable(request: Request, exc: Exception):
+        log.warning("%s %s: backing service unavailable: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return unavailable_response(request.url.path)
+
+    for exc_type in unavailable_types:
+        app.add_exception_handler(exc_type, _unavailable)
+
     @app.get("/health", tags=["ops"])
     async def health():
         return {"status": "ok", "models": [e.info.name for e in engines]}
@@ -122,3 +142,26 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
                 for e in engines}
 
     return app
+
+
+def unavailable_response(path: str) -> Response:
+    """'Try again shortly' in the dialect that owns `path` (the store or Redis is down)."""
+    from wharf.errors import Overloaded
+
+    exc = Overloaded("a backing service (database or rate limiter) is unavailable; retry shortly")
+    if path.startswith(("/rpc/2.0/ai_custom", "/wenxinworkshop")):
+        from wharf.api.qianfan import _error
+        return _error(exc)                        # HTTP 200, error_code 336100 (the SDK retries it)
+    if path.startswith("/oauth/"):
+        return JSONResponse({"error": "temporarily_unavailable", "error_description": exc.message},
+                            status_code=503)
+    if path.startswith("/welm/"):
+        from wharf.api.welm import welm_error
+        return welm_error(exc)
+    if path.startswith("/v1/llm/"):
+        from wharf.api.sensenova import sensenova_error
+        return sensenova_error(exc)
+    if path.startswith("/admin/"):
+        return JSONResponse({"error": {"message": exc.message, "type": "unavailable", "param": None}},
+                            status_code=503)
+    return openai_error(exc)

@@ -11,10 +11,26 @@ from pydantic import BaseModel, ValidationError
 from wharf.errors import InvalidParam, InvalidRequest
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, read no further than `max_bytes` (a declared or streamed larger body is
+    refused before it is buffered: no memory blow-up from a huge upload)."""
+    too_large = InvalidRequest(f"request body is larger than {max_bytes} bytes", reason="too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    request._body = raw          # later request.body() calls see it (Starlette caches it there)
+    return raw
+
+
 async def json_body(request: Request, max_bytes: int) -> dict:
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise InvalidRequest(f"request body is larger than {max_bytes} bytes", reason="too_large")
+    raw = await read_body(request, max_bytes)
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from wharf.engine.engine import Engine, PreparedRequest
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest
-from wharf.errors import ContentBlocked, QuotaExceeded, RateLimited, WharfError
+from wharf.errors import ContentBlocked, Overloaded, QuotaExceeded, RateLimited, WharfError
 from wharf.platform.auth import Principal
 from wharf.platform.limits import Limits
 
@@ -166,8 +166,14 @@ class Pipeline:
                 self.safety.check_input(prepared.prompt_text)
             params = request.sampling
             worst_tokens = params.n * prepared.max_tokens
-            lease = await self.limiter.aacquire(self._scopes(caller),
-                                                tokens=len(prepared.prompt_ids) + worst_tokens)
+            try:
+                lease = await self.limiter.aacquire(self._scopes(caller),
+                                                    tokens=len(prepared.prompt_ids) + worst_tokens)
+            except WharfError:
+                raise
+            except Exception as exc:      # Redis down: fail closed, retryable, and recorded
+                log.warning("rate limiter unavailable: %s", exc)
+                raise Overloaded("the rate limiter is unavailable; retry shortly") from None
             try:
                 # Worst case in both units: one character per token is what WeLM's quota
                 # counts against; settlement replaces it with what was really generated.

@@ -62,6 +62,8 @@ from wharf.errors import InvalidParam, WharfError
 router = APIRouter(tags=["sensenova"])
 
 DEFAULT_MAX_NEW_TOKENS = 1024
+MAX_STOPS = 16            # stop strings per request (each is scanned on every token)
+MAX_STOP_CHARS = 256
 OK = {"code": 0, "message": "ok"}
 
 Int = Annotated[int, Field(strict=True)]
@@ -84,6 +86,8 @@ class _Common(BaseModel):
     @classmethod
     def _stops(cls, v):
         stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters")
         return [s for s in stops if s]
 
     def sampling(self, max_tokens: int) -> SamplingParams:

@@ -54,6 +54,7 @@ router = APIRouter(tags=["welm"])
 MAX_TOKENS = 1024
 WINDOW = 2048
 MAX_N = 12
+MAX_STOP_CHARS = 64      # each character is a stop; a bound keeps the per-token stop scan cheap
 
 StrictInt = Annotated[int, Field(strict=True)]
 Number = Annotated[float, Field(strict=True)]   # strict float still accepts JSON integers
@@ -70,7 +71,7 @@ class WeLMBody(BaseModel):
     top_k: Annotated[StrictInt, Field(ge=0)] = 50
     n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     echo: Annotated[bool, Field(strict=True)] = False
-    stop: Annotated[str, Field(strict=True)] | None = None
+    stop: Annotated[str, Field(strict=True, max_length=MAX_STOP_CHARS)] | None = None
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
