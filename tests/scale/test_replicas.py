@@ -1,0 +1,111 @@
+"""Two stateless gateway replicas on one PostgreSQL + one Redis, sharing WHARF_SECRET_KEY:
+whatever one replica issues (OAuth tokens, keys) works on the other, and requests spread
+over both get exactly one usage record each in the shared store. (Shared rate limits
+across processes are tested by the policy suite.)"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.platform.conftest import new_pg_database, pg_base  # noqa: F401  (fixture)
+from tests.policy.conftest import redis_url  # noqa: F401  (fixture)
+
+QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+
+
+@pytest.fixture(scope="module")
+def replicas(server_factory, pg_base, redis_url):  # noqa: F811
+    from wharf.platform.secretbox import SecretBox
+
+    env = {"WHARF_DATABASE_URL": new_pg_database(pg_base), "WHARF_REDIS_URL": redis_url,
+           "WHARF_SECRET_KEY": SecretBox.generate_key()}
+    a = server_factory(extra_env=env)        # one at a time: the first creates the schema and admin
+    b = server_factory(extra_env=env)
+    assert a.admin_key and not b.admin_key   # the admin exists once, in the shared store
+    return a, b
+
+
+def test_admin_key_from_a_works_on_b(replicas):
+    a, b = replicas
+    h = {"Authorization": f"Bearer {a.admin_key}"}
+    acct = httpx.post(a.url + "/admin/api/accounts", json={"name": f"rep-{uuid.uuid4().hex[:6]}"}, headers=h)
+    assert acct.status_code == 201, acct.text
+    issued = httpx.post(a.url + "/admin/api/credentials", headers=h,
+                        json={"account_id": acct.json()["id"], "kind": "api_key", "label": "made on A"})
+    assert issued.status_code == 201, issued.text
+    key = issued.json()["secret"]
+    r = httpx.post(b.url + "/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                   json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200, r.text
+    # ...and B's admin API sees the account A created.
+    seen = httpx.get(b.url + f"/admin/api/accounts/{acct.json()['id']}", headers=h)
+    assert seen.status_code == 200 and seen.json()["name"] == acct.json()["name"]
+
+
+def test_qianfan_token_from_a_works_on_b(replicas):
+    a, b = replicas
+    h = {"Authorization": f"Bearer {a.admin_key}"}
+    acct = httpx.post(a.url + "/admin/api/accounts", json={"name": f"qf-rep-{uuid.uuid4().hex[:6]}"}, headers=h)
+    account_id = acct.json()["id"]
+    app = httpx.post(a.url + "/admin/api/credentials", headers=h,       # secret encrypted with the shared key
+                     json={"account_id": account_id, "kind": "qianfan_app", "label": "app"}).json()
+    endpoint = f"rep{uuid.uuid4().hex[:8]}"
+    svc = httpx.post(a.url + "/admin/api/services", headers=h,
+                     json={"account_id": account_id, "endpoint": endpoint, "model": MODEL, "kind": "chat"})
+    assert svc.status_code == 201, svc.text
+    for issuer, user in ((a, b), (b, a)):
+        tok = httpx.post(issuer.url + "/oauth/2.0/token", params={
+            "grant_type": "client_credentials", "client_id": app["public_id"], "client_secret": app["secret"]})
+        assert tok.status_code == 200, tok.text
+        r = httpx.post(f"{user.url}{QF}/chat/{endpoint}", params={"access_token": tok.json()["access_token"]},
+                       json={"messages": [{"role": "user", "content": "你好"}], "max_output_tokens": 4},
+                       timeout=120)
+        assert r.status_code == 200 and "error_code" not in r.json(), r.text
+
+
+def test_sensenova_secret_written_by_a_verifies_on_b(replicas):
+    """SenseNova JWTs are checked against the stored (encrypted) secret: replica B must
+    decrypt what replica A's store encrypted, which only works with the shared key."""
+    import time
+
+    import jwt
+
+    a, b = replicas
+    h = {"Authorization": f"Bearer {a.admin_key}"}
+    acct = httpx.post(a.url + "/admin/api/accounts", json={"name": f"sn-rep-{uuid.uuid4().hex[:6]}"}, headers=h)
+    issued = httpx.post(a.url + "/admin/api/credentials", headers=h,
+                        json={"account_id": acct.json()["id"], "kind": "sensenova", "label": "made on A"}).json()
+    now = int(time.time())
+    token = jwt.encode({"iss": issued["public_id"], "exp": now + 600, "nbf": now - 5}, issued["secret"],
+                       algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
+    r = httpx.post(b.url + "/v1/llm/completions", headers={"Authorization": f"Bearer {token}"}, timeout=120,
+                   json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 3})
+    assert r.status_code == 200, r.text
+
+
+def test_requests_spread_over_both_get_one_usage_record_each(replicas):
+    a, b = replicas
+    acct, key = a.account(f"spread-{uuid.uuid4().hex[:6]}")
+
+    def call(i: int):
+        server = (a, b)[i % 2]
+        body = {"model": MODEL, "prompt": f"Count to {i}:", "max_tokens": 4, "temperature": 0,
+                "stream": i % 4 == 3}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=120,
+                       headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        return r
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        list(pool.map(call, range(12)))
+    records = a.platform.usage.records(account_id=acct.id, limit=100)
+    assert len(records) == 12
+    assert len({r["request_id"] for r in records}) == 12
+    assert all(r["status"] == "ok" and r["completion_tokens"] >= 1 for r in records)
+    # Both replicas read the same totals.
+    assert b.platform.usage.records(account_id=acct.id, limit=100) == records
