@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,6 +71,9 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        access = logging.getLogger("uvicorn.access")       # configured by now
+        if not any(isinstance(f, RedactSecrets) for f in access.filters):
+            access.addFilter(RedactSecrets())
         every = getattr(settings, "reconcile_interval_s", 0) or 0
         task = asyncio.create_task(reconcile_forever(every)) if every > 0 else None
         yield
@@ -142,6 +146,21 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
                 for e in engines}
 
     return app
+
+
+class RedactSecrets(logging.Filter):
+    """Access-log lines carry the query string, where Qianfan clients put their secrets
+    (?access_token=..., /oauth/2.0/token?client_secret=...): log them as ***."""
+
+    PATTERN = re.compile(r"((?:access_token|client_secret|refresh_token|api_key|secret_key|token)=)[^&\s\"]*",
+                         re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+        return True
 
 
 def unavailable_response(path: str) -> Response:
