@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from wharf.config import Settings
@@ -49,10 +50,14 @@ def load_models(settings: Settings):
             console.log(msg)
         start = time.monotonic()
         if settings.backend == "vllm":
-            registry = load_vllm_registry(specs, settings.aliases, max_model_len=settings.max_model_len,
-                                          max_batch_size=settings.max_batch_size, dtype=settings.dtype,
-                                          engine_args=settings.vllm_engine_args,
-                                          cache_dir=settings.cache_dir, log=log)
+            try:
+                registry = load_vllm_registry(specs, settings.aliases, max_model_len=settings.max_model_len,
+                                              max_batch_size=settings.max_batch_size, dtype=settings.dtype,
+                                              engine_args=settings.vllm_engine_args,
+                                              cache_dir=settings.cache_dir, log=log)
+            except RuntimeError as exc:
+                console.print(f"[bold red]vllm:[/] {escape(str(exc))}")
+                raise typer.Exit(2) from None
         else:
             registry = load_registry(specs, settings.aliases, dtype=settings.dtype, cache_dir=settings.cache_dir,
                                      max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
@@ -78,7 +83,7 @@ def load_upstream(settings: Settings):
             aliases=settings.aliases, default_context=settings.max_model_len,
             tokenizer=settings.upstream_tokenizer, read_timeout=settings.request_timeout_s, log=console.log)
     except RuntimeError as exc:
-        console.print(f"[bold red]upstream:[/] {exc}")
+        console.print(f"[bold red]upstream:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for info in registry.list():
         console.log(f"[green]ready[/] {info.name} ({info.identity}, upstream {settings.upstream_url}, "

@@ -110,14 +110,14 @@ def load_upstream_registry(url: str, *, api_key: str | None, models: dict[str, s
 
 def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_model_len: int,
                        max_batch_size: int, dtype: str, engine_args: dict | None = None,
-                       tokenizer_paths: dict[str, str] | None = None, log=lambda m: None) -> ModelRegistry:
+                       cache_dir: Path | None = None, log=lambda m: None) -> ModelRegistry:
     """One in-process vLLM engine per model (needs `pip install wharf[vllm]` and a GPU)."""
     from wharf.engine.backends.vllm_backend import build_vllm_engine
 
     registry = ModelRegistry()
     for spec in specs:
         registry.add(build_vllm_engine(spec, max_model_len=max_model_len, max_batch_size=max_batch_size,
-                                       dtype=dtype, engine_args=engine_args, log=log))
+                                       dtype=dtype, engine_args=engine_args, cache_dir=cache_dir, log=log))
     for alias, target in aliases.items():
         registry.add_alias(alias, target)
     return registry
