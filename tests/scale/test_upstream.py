@@ -323,6 +323,19 @@ def test_slow_upstream_is_504(gw2, gw2_creds):
     assert {r["status"] for r in recs} == {"error:timeout"}
 
 
+def test_cli_model_selection_and_unreachable_upstream(server_factory, fake, tmp_path):
+    import subprocess
+    import sys
+    gw = server_factory(args=["--backend", "upstream", "--upstream-url", fake.url, "--model", "fast=slow-model"])
+    _, key = gw.account("cli")
+    ids = [c["id"] for c in httpx.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]]
+    assert ids == ["fast"]
+    r = subprocess.run([sys.executable, "-m", "wharf", "serve", "--backend", "upstream", "--upstream-url",
+                        "http://127.0.0.1:9", "--port", "1"], env={"WHARF_DATA_DIR": str(tmp_path),
+                       "PATH": "/usr/bin:/bin", "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot reach upstream http://127.0.0.1:9" in r.stderr
+
+
 def test_upstream_down_is_503_in_every_dialect(gw2, gw2_creds, fake):
     fake.stop()
     key = gw2_creds["key"]
