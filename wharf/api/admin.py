@@ -61,6 +61,9 @@ class AdminRoute(APIRoute):
                 msg = e.message if status < 500 else "internal error"
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 return JSONResponse(error_body(msg, e.kind, e.param), status_code=status, headers=headers)
+            except OverflowError:
+                # An id beyond 64 bits (the store's integers): no such object.
+                return JSONResponse(error_body("not found", "not_found"), status_code=404)
             except RequestValidationError as e:
                 errs = e.errors()
                 first = errs[0] if errs else {}
