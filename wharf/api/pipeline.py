@@ -54,9 +54,10 @@ class Run:
     however it ends (finished, blocked, failed, or the client went away)."""
 
     def __init__(self, pipeline: "Pipeline", caller: Caller, engine: Engine,
-                 prepared: PreparedRequest, lease, reserved: bool):
+                 prepared: PreparedRequest, lease, reserved: bool, reserved_chars: int = 0):
         self.pipeline, self.caller, self.engine, self.prepared = pipeline, caller, engine, prepared
         self.lease, self.reserved = lease, reserved
+        self.reserved_chars = reserved_chars
         self.request = prepared.request
         self.model = engine.info.name
         self.prompt_tokens = len(prepared.prompt_ids)
@@ -90,8 +91,19 @@ class Run:
                     self.pipeline.metrics.content_blocked("output")
                 elif chunk.finish_reason is not None:
                     chunk.text += guard.flush()
+                room = self._make_room(len(chunk.text))
+                extra: list[Chunk] = []
+                if room < len(chunk.text):
+                    # The day's character quota ran out mid-answer: cut at the boundary
+                    # and end every choice as "length".
+                    chunk.text, chunk.finish_reason = chunk.text[:room], FinishReason.LENGTH
+                    extra = [Chunk(index=i, finish_reason=FinishReason.LENGTH, prompt_tokens=self.prompt_tokens,
+                                   completion_tokens=c.completion_tokens)
+                             for i, c in enumerate(self.choices) if c.finish is None and i != chunk.index]
                 state.text.append(chunk.text)
                 state.finish = chunk.finish_reason
+                for e in extra:
+                    self.choices[e.index].finish = FinishReason.LENGTH
                 last = all(c.finish is not None for c in self.choices)
                 if last:
                     # Settled before the last yield: a caller that stops reading at the
@@ -99,6 +111,8 @@ class Run:
                     blocked = any(c.finish is FinishReason.CONTENT for c in self.choices)
                     self.status = "blocked" if blocked else "ok"
                 yield chunk
+                for e in extra:
+                    yield e
                 if last:
                     break
         except WharfError as exc:
@@ -112,6 +126,19 @@ class Run:
             raise
         finally:
             self.close()
+
+    def _make_room(self, n: int) -> int:
+        """How many of the next `n` characters the character quota allows, growing the
+        reservation in blocks when the answer outgrows its estimate."""
+        need = self.generated_chars + n - self.reserved_chars
+        if need <= 0 or not self.reserved:
+            return n
+        quota = self.pipeline.platform.quota
+        for grow in (max(need, 256), need):
+            if quota.extend(self.request.request_id, chars=grow):
+                self.reserved_chars += grow
+                return n
+        return max(0, self.reserved_chars - self.generated_chars)
 
     def close(self) -> None:
         """Settle quota and limits and write the usage record. Synchronous on purpose: it
@@ -175,14 +202,15 @@ class Pipeline:
                 log.warning("rate limiter unavailable: %s", exc)
                 raise Overloaded("the rate limiter is unavailable; retry shortly") from None
             try:
-                # Worst case in both units: one character per token is what WeLM's quota
-                # counts against; settlement replaces it with what was really generated.
+                # Worst case in tokens; characters start at one per token (right for
+                # Chinese) and the reservation grows atomically if the answer needs more
+                # (Run._make_room), so a character quota is never overspent.
                 self.platform.quota.reserve(caller.principal.account_id, request.request_id,
                                             chars=worst_tokens, tokens=len(prepared.prompt_ids) + worst_tokens)
             except BaseException:
                 lease.release()
                 raise
-            return Run(self, caller, engine, prepared, lease, reserved=True)
+            return Run(self, caller, engine, prepared, lease, reserved=True, reserved_chars=worst_tokens)
         except WharfError as exc:
             self.reject(caller, request, exc, model=engine.info.name if engine else request.model)
             raise

@@ -111,6 +111,33 @@ class QuotaBook:
             if res.rowcount != 1:
                 raise QuotaExceeded("daily quota exceeded", reason="daily")   # rolls back the row above
 
+    def extend(self, request_id: str, chars: int = 0, tokens: int = 0) -> bool:
+        """Grow a live reservation by `chars` / `tokens`, atomically and within the daily
+        limit (a token can be many characters, so a request may outgrow its estimate).
+        Returns False, changing nothing, when the quota has no room or the reservation
+        is gone."""
+        chars, tokens = _amount(chars, "chars"), _amount(tokens, "tokens")
+        with self.store.write() as s:
+            r = s.get(QuotaReservation, request_id)
+            if r is None:
+                return False
+            acct = s.execute(select(Account.quota_chars_per_day, Account.quota_tokens_per_day)
+                             .where(Account.id == r.account_id)).first()
+            climit, tlimit = self._limits(acct)
+            conds = [QuotaUsage.account_id == r.account_id, QuotaUsage.day == r.day]
+            if climit is not None:
+                conds.append(QuotaUsage.chars_used + QuotaUsage.chars_reserved + chars <= climit)
+            if tlimit is not None:
+                conds.append(QuotaUsage.tokens_used + QuotaUsage.tokens_reserved + tokens <= tlimit)
+            res = s.execute(update(QuotaUsage).where(and_(*conds)).values(
+                chars_reserved=QuotaUsage.chars_reserved + chars,
+                tokens_reserved=QuotaUsage.tokens_reserved + tokens))
+            if res.rowcount != 1:
+                return False
+            r.chars += chars
+            r.tokens += tokens
+            return True
+
     def settle(self, request_id: str, actual_chars: int = 0, actual_tokens: int = 0) -> bool:
         """Replace the reservation by what was really used. Idempotent: returns False when
         there is no such reservation (already settled or released)."""
