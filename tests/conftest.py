@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest.mock
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,10 @@ class LiveServer:
             from wharf.config import Settings
             from wharf.platform.core import Platform
             settings = Settings(data_dir=self.data_dir, database_url=self.env.get("WHARF_DATABASE_URL"))
-            self._platform = Platform.open(settings)
+            # The server's own secret key, so credentials made here decrypt over there.
+            key = {"WHARF_SECRET_KEY": self.env["WHARF_SECRET_KEY"]} if "WHARF_SECRET_KEY" in self.env else {}
+            with unittest.mock.patch.dict(os.environ, key):
+                self._platform = Platform.open(settings)
         return self._platform
 
     def account(self, name: str, **limits):

@@ -85,6 +85,8 @@ class Run:
                 if self.ttft is None:
                     self.ttft = time.monotonic() - self.started
                 state.completion_tokens = chunk.completion_tokens
+                if chunk.prompt_tokens:       # an upstream engine knows the real count
+                    self.prompt_tokens = chunk.prompt_tokens
                 chunk.text = guard.feed(chunk.text)
                 if guard.blocked:
                     chunk.finish_reason = FinishReason.CONTENT
