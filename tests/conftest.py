@@ -148,3 +148,9 @@ def api_key(server) -> str:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: pytest-playwright keeps an event loop running in the main
+    thread for the rest of the session, where `asyncio.run` then refuses to start."""
+    items.sort(key=lambda item: "tests/console/" in item.nodeid.replace("\\", "/"))

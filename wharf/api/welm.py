@@ -54,7 +54,7 @@ router = APIRouter(tags=["welm"])
 MAX_TOKENS = 1024
 WINDOW = 2048
 MAX_N = 12
-MAX_STOP_CHARS = 64      # each character is a stop; a bound keeps the per-token stop scan cheap
+MAX_STOP_CHARS = 256     # each character is a stop; a bound keeps the per-token stop scan cheap
 
 StrictInt = Annotated[int, Field(strict=True)]
 Number = Annotated[float, Field(strict=True)]   # strict float still accepts JSON integers
