@@ -77,7 +77,9 @@ def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = 
     data_dir = tmp_root / f"server-{port}"
     data_dir.mkdir(parents=True)
     env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(model_cache),
-           "WHARF_PORT": str(port), "WHARF_HOST": "127.0.0.1", **(extra_env or {})}
+           "WHARF_PORT": str(port), "WHARF_HOST": "127.0.0.1",
+           # Test servers need no long drain at teardown; tests of SIGTERM set their own.
+           "WHARF_SHUTDOWN_GRACE_S": "5", **(extra_env or {})}
     log_path = data_dir / "server.log"
     log_file = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "wharf", "serve", *(args or [])], env=env,
