@@ -15,6 +15,30 @@ from wharf.engine.types import Chunk, EngineStats, GenerationRequest, ModelInfo
 from wharf.errors import ContextLengthExceeded, InvalidParam
 
 
+def fit_window(prompt_tokens: int, max_tokens: int | None, window: int, prompt_param: str, *,
+               exact: bool = True) -> int:
+    """The number of tokens to generate, or the error that says why the request does not
+    fit. None means "whatever the window leaves". With `exact` off (estimated prompt
+    counts) an over-long request is let through for the engine behind to judge."""
+    if max_tokens is None:
+        max_tokens = window - prompt_tokens
+        if max_tokens < 1:
+            if not exact:
+                return 1
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {window} tokens; the {prompt_param} "
+                f"alone has {prompt_tokens} tokens.", param=prompt_param)
+    elif max_tokens < 1:
+        raise InvalidParam("max_tokens must be at least 1", param="max_tokens")
+    elif exact and prompt_tokens + max_tokens > window:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_param}, {max_tokens} "
+            f"in the completion). Please reduce the length of the {prompt_param} or completion.",
+            param="max_tokens")
+    return max_tokens
+
+
 @dataclass
 class PreparedRequest:
     request: GenerationRequest
@@ -58,22 +82,7 @@ class Engine:
         if not ids:  # an empty prompt still needs one position to start from
             start = self.tokenizer.bos_token_id
             ids = [start if start is not None else self.tokenizer.eos_token_id]
-        window = self.context_length
-        max_tokens = request.sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = window - len(ids)
-            if max_tokens < 1:
-                raise ContextLengthExceeded(
-                    f"This model's maximum context length is {window} tokens; the {prompt_param} "
-                    f"alone has {len(ids)} tokens.", param=prompt_param)
-        elif max_tokens < 1:
-            raise InvalidParam("max_tokens must be at least 1", param="max_tokens")
-        elif len(ids) + max_tokens > window:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {prompt_param}, {max_tokens} "
-                f"in the completion). Please reduce the length of the {prompt_param} or completion.",
-                param="max_tokens")
+        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, prompt_param)
         return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
 
     async def generate(self, prepared: PreparedRequest | GenerationRequest) -> AsyncIterator[Chunk]:

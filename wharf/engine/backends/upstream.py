@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from wharf.engine.engine import PreparedRequest
+from wharf.engine.engine import PreparedRequest, fit_window
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, NotFound, Overloaded, Timeout, WharfError
 
@@ -194,24 +194,8 @@ class UpstreamEngine:
             text = request.prompt or ""
             ids, param = self.tokenize(text), "prompt"
         ids = ids or [0]
-        exact = self.tokenizer is not None
-        window = self.context_length
-        max_tokens = request.sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = window - len(ids)
-            if max_tokens < 1:
-                if exact:
-                    raise ContextLengthExceeded(
-                        f"This model's maximum context length is {window} tokens; the {param} alone "
-                        f"has {len(ids)} tokens.", param=param)
-                max_tokens = 1          # an estimate: let the upstream judge
-        elif max_tokens < 1:
-            raise InvalidParam("max_tokens must be at least 1", param="max_tokens")
-        elif exact and len(ids) + max_tokens > window:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} in the "
-                f"completion). Please reduce the length of the {param} or completion.", param="max_tokens")
+        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, param,
+                                exact=self.tokenizer is not None)
         return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
 
     def body(self, prepared: PreparedRequest) -> tuple[str, dict]:

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from wharf.engine.engine import PreparedRequest
+from wharf.engine.engine import PreparedRequest, fit_window
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, Overloaded, Timeout
 
@@ -73,21 +73,7 @@ class VllmEngine:
         if not ids:
             start = self.tokenizer.bos_token_id
             ids = [start if start is not None else self.tokenizer.eos_token_id]
-        window = self.context_length
-        max_tokens = request.sampling.max_tokens
-        if max_tokens is None:
-            max_tokens = window - len(ids)
-            if max_tokens < 1:
-                raise ContextLengthExceeded(
-                    f"This model's maximum context length is {window} tokens; the {param} alone has "
-                    f"{len(ids)} tokens.", param=param)
-        elif max_tokens < 1:
-            raise InvalidParam("max_tokens must be at least 1", param="max_tokens")
-        elif len(ids) + max_tokens > window:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {window} tokens. However, you requested "
-                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} in the "
-                f"completion). Please reduce the length of the {param} or completion.", param="max_tokens")
+        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, param)
         return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
 
     def sampling_params(self, prepared: PreparedRequest):
