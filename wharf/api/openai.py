@@ -128,6 +128,16 @@ def _chat_logprobs(chunks: list[Chunk]) -> dict:
                         for c in chunks for lp in (c.logprobs or [])], "refusal": None}
 
 
+async def _framed(frames):
+    """An OpenAI event stream: the frames, an error event if generation fails midway, [DONE]."""
+    try:
+        async for frame in frames:
+            yield frame
+    except WharfError as exc:
+        yield event({"error": {"message": exc.message, "type": exc.kind}})
+    yield event("[DONE]")
+
+
 async def _collect(run: Run, n: int) -> dict[int, tuple[list[Chunk], str, FinishReason]]:
     """A whole non-streamed answer: per choice its chunks, text and finish reason."""
     per_choice: dict[int, list[Chunk]] = {i: [] for i in range(n)}
@@ -176,24 +186,20 @@ async def completions(request: Request):
     if body.stream:
         async def stream():
             sent_echo = set()
-            try:
-                async for c in run.chunks():
-                    text = c.text
-                    if echo and c.index not in sent_echo:
-                        sent_echo.add(c.index)
-                        text = echo + text
-                    lp = _completion_logprobs([c], 0) if body.logprobs is not None else None
-                    choice = {"index": c.index, "text": text, "logprobs": lp,
-                              "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}
-                    yield event({"id": rid, "object": "text_completion", "created": created,
-                                 "model": run.model, "choices": [choice]})
-                if body.include_usage:
-                    yield event({"id": rid, "object": "text_completion", "created": created,
-                                 "model": run.model, "choices": [], "usage": _usage(run)})
-            except WharfError as exc:
-                yield event({"error": {"message": exc.message, "type": exc.kind}})
-            yield event("[DONE]")
-        return sse_response(stream())
+            async for c in run.chunks():
+                text = c.text
+                if echo and c.index not in sent_echo:
+                    sent_echo.add(c.index)
+                    text = echo + text
+                lp = _completion_logprobs([c], 0) if body.logprobs is not None else None
+                choice = {"index": c.index, "text": text, "logprobs": lp,
+                          "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}
+                yield event({"id": rid, "object": "text_completion", "created": created,
+                             "model": run.model, "choices": [choice]})
+            if body.include_usage:
+                yield event({"id": rid, "object": "text_completion", "created": created,
+                             "model": run.model, "choices": [], "usage": _usage(run)})
+        return sse_response(_framed(stream()))
 
     try:
         per_choice = await _collect(run, body.n)
@@ -230,21 +236,17 @@ async def chat_completions(request: Request):
             def frame(choices, **extra):
                 return event({"id": rid, "object": "chat.completion.chunk", "created": created,
                               "model": run.model, "system_fingerprint": None, "choices": choices, **extra})
-            try:
-                for i in range(body.n):
-                    yield frame([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                  "logprobs": None, "finish_reason": None}])
-                async for c in run.chunks():
-                    delta = {"content": c.text} if c.text else {}
-                    yield frame([{"index": c.index, "delta": delta,
-                                  "logprobs": _chat_logprobs([c]) if body.logprobs else None,
-                                  "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}])
-                if body.include_usage:
-                    yield frame([], usage=_usage(run))
-            except WharfError as exc:
-                yield event({"error": {"message": exc.message, "type": exc.kind}})
-            yield event("[DONE]")
-        return sse_response(stream())
+            for i in range(body.n):
+                yield frame([{"index": i, "delta": {"role": "assistant", "content": ""},
+                              "logprobs": None, "finish_reason": None}])
+            async for c in run.chunks():
+                delta = {"content": c.text} if c.text else {}
+                yield frame([{"index": c.index, "delta": delta,
+                              "logprobs": _chat_logprobs([c]) if body.logprobs else None,
+                              "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}])
+            if body.include_usage:
+                yield frame([], usage=_usage(run))
+        return sse_response(_framed(stream()))
 
     try:
         per_choice = await _collect(run, body.n)

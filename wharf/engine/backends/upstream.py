@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import httpx
 
 from wharf.engine.engine import PreparedRequest, fit_window
+from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, NotFound, Overloaded, Timeout, WharfError
 
@@ -161,8 +162,7 @@ class UpstreamEngine:
         self._client: httpx.AsyncClient | None = None
         self._client_loop = None
         self.running = 0
-        self.generated_tokens = 0
-        self._recent: list[tuple[float, int]] = []
+        self.meter = TokenMeter()
         self._closed = False
 
     # -- the Engine interface ------------------------------------------------------------
@@ -303,7 +303,7 @@ class UpstreamEngine:
                             logprobs = self._logprobs(choice.get("logprobs"), chat)
                             ntok = len(logprobs) if logprobs else (1 if text else 0)
                             counted[i] += ntok
-                            self._count(ntok)
+                            self.meter.add(ntok)
                             finish = choice.get("finish_reason")
                             if text or logprobs:
                                 yield Chunk(index=i, text=text, logprobs=logprobs, prompt_tokens=prompt_tokens,
@@ -358,20 +358,9 @@ class UpstreamEngine:
                                     top=[(t, -1, float(v)) for t, v in top.items()]))
         return out or None
 
-    def _count(self, ntok: int) -> None:
-        if not ntok:
-            return
-        self.generated_tokens += ntok
-        now = time.monotonic()
-        self._recent.append((now, ntok))
-        while self._recent and self._recent[0][0] < now - 10:
-            self._recent.pop(0)
-
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        recent = sum(k for t, k in self._recent if t >= now - 10)
         return EngineStats(waiting=0, running=self.running, max_batch_size=0,
-                           generated_tokens=self.generated_tokens, tokens_per_second=recent / 10.0)
+                           generated_tokens=self.meter.total, tokens_per_second=self.meter.per_second())
 
     def shutdown(self) -> None:
         """Refuse new work and drop the connection pool (its loop may already be gone)."""

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 
 from wharf.engine.engine import PreparedRequest, fit_window
+from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, Overloaded, Timeout
 
@@ -47,8 +48,7 @@ class VllmEngine:
         self.SamplingParams = sampling_cls
         self.max_queue = max_queue          # 0: vLLM queues without bound
         self.running = 0
-        self.generated_tokens = 0
-        self._recent: list[tuple[float, int]] = []
+        self.meter = TokenMeter()
         self._closed = False
 
     @property
@@ -123,7 +123,7 @@ class VllmEngine:
                     token_ids = list(c.token_ids)
                     new_ids = token_ids[sent_tokens[i]:]
                     logprobs = self._logprobs(c, sent_tokens[i], token_ids, req.sampling.logprobs)
-                    self._count(len(new_ids))
+                    self.meter.add(len(new_ids))
                     if text.startswith(sent_text[i]):
                         sent_text[i] = text
                     sent_tokens[i] = len(token_ids)
@@ -183,20 +183,9 @@ class VllmEngine:
                                     top=[(name(t, lp), t, float(lp.logprob)) for t, lp in ranked[:k]]))
         return out or None
 
-    def _count(self, k: int) -> None:
-        if k <= 0:
-            return
-        self.generated_tokens += k
-        now = time.monotonic()
-        self._recent.append((now, k))
-        while self._recent and self._recent[0][0] < now - 10:
-            self._recent.pop(0)
-
     def stats(self) -> EngineStats:
-        now = time.monotonic()
-        recent = sum(k for t, k in self._recent if t >= now - 10)
         return EngineStats(waiting=0, running=self.running, max_batch_size=self.info_max_batch,
-                           generated_tokens=self.generated_tokens, tokens_per_second=recent / 10.0)
+                           generated_tokens=self.meter.total, tokens_per_second=self.meter.per_second())
 
     info_max_batch = 0
 
