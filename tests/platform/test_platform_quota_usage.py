@@ -147,3 +147,31 @@ def test_record_usage_concurrent_same_request(platform):
     for t in threads:
         t.join(30)
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_settle_and_record_is_one_transaction_that_never_costs_the_other(platform):
+    a = platform.accounts.create("erin", quota_chars_per_day=100, quota_tokens_per_day=100)
+    q = platform.quota
+    fields = dict(account_id=a.id, model="m", dialect="openai", prompt_tokens=3, completion_tokens=4,
+                  generated_chars=9, status="ok")
+    q.reserve(a.id, "s1", chars=40, tokens=40)
+    assert q.extend("s1", chars=10) is True
+    platform.settle_and_record("s1", chars=9, tokens=7, reserved=True, **fields)
+    st = q.status(a.id)
+    assert (st.chars_used, st.tokens_used, st.chars_reserved, st.tokens_reserved) == (9, 7, 0, 0)
+    [rec] = platform.usage.records(a.id)
+    assert (rec["request_id"], rec["completion_tokens"], rec["generated_chars"]) == ("s1", 4, 9)
+    # A second end of the same request changes nothing (settle and record are both once-only).
+    platform.settle_and_record("s1", chars=9, tokens=7, reserved=True, **fields)
+    assert q.status(a.id).chars_used == 9 and len(platform.usage.records(a.id)) == 1
+    # The usage write fails (a malformed record): the quota is still settled on its own.
+    q.reserve(a.id, "s2", chars=50, tokens=50)
+    platform.settle_and_record("s2", chars=5, tokens=5, reserved=True, **{**fields, "prompt_tokens": "many"})
+    st = q.status(a.id)
+    assert (st.chars_used, st.chars_reserved) == (14, 0)
+    assert [r["request_id"] for r in platform.usage.records(a.id)] == ["s1"]
+    # Growing past the day's limit is refused and changes nothing.
+    q.reserve(a.id, "s3", chars=80, tokens=10)
+    assert q.extend("s3", chars=7) is False
+    assert q.status(a.id).chars_reserved == 80
+    assert q.extend("gone", chars=1) is False

@@ -150,12 +150,6 @@ class Run:
         self._closed = True
         p, caller = self.pipeline, self.caller
         latency = time.monotonic() - self.started
-        try:
-            if self.reserved:
-                p.platform.quota.settle(self.request.request_id, self.generated_chars,
-                                        self.prompt_tokens + self.completion_tokens)
-        except Exception:
-            log.exception("quota settle failed for %s", self.request.request_id)
         if self.lease is not None:
             try:
                 self.lease.adjust_tokens(self.prompt_tokens + self.completion_tokens)
@@ -164,7 +158,7 @@ class Run:
             self.lease.release()
         p.record(caller, self.request, self.model, status=self.status, prompt_tokens=self.prompt_tokens,
                  completion_tokens=self.completion_tokens, chars=self.generated_chars,
-                 ttft=self.ttft, latency=latency)
+                 ttft=self.ttft, latency=latency, settle_quota=self.reserved)
 
 
 class Pipeline:
@@ -231,19 +225,18 @@ class Pipeline:
 
     def record(self, caller: Caller, request: GenerationRequest | None, model: str, *, status: str,
                prompt_tokens: int = 0, completion_tokens: int = 0, chars: int = 0,
-               ttft: float | None = None, latency: float | None = None) -> None:
-        request_id = request.request_id if request else uuid.uuid4().hex
-        try:
-            self.platform.usage.record_usage(
-                request_id=request_id, account_id=caller.principal.account_id,
-                credential_id=caller.principal.credential_id, service_id=caller.service_id,
-                model=model, dialect=caller.dialect, prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens, generated_chars=chars,
-                n=request.sampling.n if request else 1, status=status,
-                ttft_ms=None if ttft is None else int(ttft * 1000),
-                latency_ms=None if latency is None else int(latency * 1000), user=caller.user)
-        except Exception:
-            log.exception("usage record failed for %s", request_id)
+               ttft: float | None = None, latency: float | None = None, settle_quota: bool = False) -> None:
+        """Write the usage record (with `settle_quota`, in the same transaction as the
+        settlement of the request's quota reservation) and observe the metrics."""
+        self.platform.settle_and_record(
+            request.request_id if request else uuid.uuid4().hex, chars=chars,
+            tokens=prompt_tokens + completion_tokens, reserved=settle_quota,
+            account_id=caller.principal.account_id, credential_id=caller.principal.credential_id,
+            service_id=caller.service_id, model=model, dialect=caller.dialect, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, generated_chars=chars,
+            n=request.sampling.n if request else 1, status=status,
+            ttft_ms=None if ttft is None else int(ttft * 1000),
+            latency_ms=None if latency is None else int(latency * 1000), user=caller.user)
         tpot = None
         if ttft is not None and latency is not None and completion_tokens > 1:
             tpot = (latency - ttft) / max(1, completion_tokens - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from wharf.platform.secretbox import SecretBox
 from wharf.platform.services import Services
 from wharf.platform.store import Store
 from wharf.platform.usage import UsageLog
+
+log = logging.getLogger("wharf.platform")
 
 
 class Platform:
@@ -44,6 +47,29 @@ class Platform:
                          getattr(settings, "default_quota_tokens_per_day", None))
         return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists,
                    default_quota=default_quota)
+
+    def settle_and_record(self, request_id: str, *, chars: int, tokens: int, reserved: bool,
+                          **record) -> None:
+        """The end of a request in one write transaction: settle its quota reservation
+        (when it holds one) and write its usage record. If that transaction fails, each
+        is tried on its own, so one failing never costs the other."""
+        try:
+            with self.store.write_conn() as conn:
+                if reserved:
+                    self.quota.settle(request_id, chars, tokens, conn=conn)
+                self.usage.record_usage(request_id=request_id, conn=conn, **record)
+            return
+        except Exception:
+            log.exception("settle + usage transaction failed for %s; trying each alone", request_id)
+        if reserved:
+            try:
+                self.quota.settle(request_id, chars, tokens)
+            except Exception:
+                log.exception("quota settle failed for %s", request_id)
+        try:
+            self.usage.record_usage(request_id=request_id, **record)
+        except Exception:
+            log.exception("usage record failed for %s", request_id)
 
     def reconcile(self, *, older_than_s: float, mode: str = "stale", process_start=None) -> int:
         """Release quota reservations left by a process that died mid-request, writing an

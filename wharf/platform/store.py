@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,7 +62,8 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
-        self._write = sessionmaker(bind=engine.execution_options(wharf_write=True), expire_on_commit=False)
+        self._write_engine = engine.execution_options(wharf_write=True)
+        self._write = sessionmaker(bind=self._write_engine, expire_on_commit=False)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, echo: bool = False) -> "Store":
@@ -97,6 +98,13 @@ class Store:
         """One write transaction: committed on success, rolled back on any error."""
         with self._write() as s, s.begin():
             yield s
+
+    @contextlib.contextmanager
+    def write_conn(self) -> Iterator[Connection]:
+        """One write transaction on a Core connection, for the per-request hot path
+        (quota, usage): prebuilt statements, no ORM unit of work."""
+        with self._write_engine.begin() as conn:
+            yield conn
 
     def insert(self, model):
         """An INSERT for this dialect that supports .on_conflict_do_nothing(...)."""

@@ -33,15 +33,20 @@ class UsageLog:
     def __init__(self, store: Store, tz: str = DEFAULT_TZ):
         self.store = store
         self.tz = ZoneInfo(tz)
+        # Built once (it runs on every request). RETURNING, not rowcount, which an
+        # INSERT ... ON CONFLICT DO NOTHING does not report reliably everywhere.
+        self._insert_once = (store.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+                             .returning(UsageRecord.__table__.c.id))
 
     def record_usage(self, *, request_id: str, account_id: int, model: str, dialect: str,
                      credential_id: int | None = None, service_id: int | None = None,
                      prompt_tokens: int = 0, completion_tokens: int = 0, generated_chars: int = 0,
                      n: int = 1, status: str = "ok", ttft_ms: int | None = None,
                      latency_ms: int | None = None, user: str | None = None,
-                     created_at: dt.datetime | None = None) -> bool:
+                     created_at: dt.datetime | None = None, conn=None) -> bool:
         """Insert the record for this request; a second call with the same request_id is
-        ignored. Returns True when this call inserted it.
+        ignored. Returns True when this call inserted it. With `conn`, inside that write
+        transaction (see Platform.settle_and_record).
         status: "ok" | "cancelled" | "blocked" | "error:<kind>"."""
         if not request_id or len(request_id) > 64:
             raise InvalidParam("request_id must be 1-64 characters", param="request_id")
@@ -54,12 +59,10 @@ class UsageLog:
                       latency_ms=None if latency_ms is None else int(latency_ms),
                       user=None if user is None else str(user)[:128], created_at=created_at,
                       day=created_at.astimezone(self.tz).date())
-        with self.store.write() as s:
-            # RETURNING (not rowcount, which ORM-enabled inserts do not report reliably).
-            res = s.execute(self.store.insert(UsageRecord).values(**values)
-                            .on_conflict_do_nothing(index_elements=["request_id"])
-                            .returning(UsageRecord.id))
-            return res.first() is not None
+        if conn is None:
+            with self.store.write_conn() as conn:
+                return conn.execute(self._insert_once, values).first() is not None
+        return conn.execute(self._insert_once, values).first() is not None
 
     def usage_summary(self, account_id: int | None = None, since: dt.date | None = None,
                       until: dt.date | None = None, group_by: str = "day") -> list[UsageRow]:
