@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -191,3 +194,24 @@ def test_metrics_count_requests(server, client):
     text = httpx.get(server.url + "/metrics").text
     assert 'wharf_requests_total{dialect="openai",status="ok"}' in text
     assert "wharf_ttft_seconds_bucket" in text
+
+
+def test_int8_server_streams_chinese_through_the_sdk(server_factory):
+    fast = server_factory(extra_env={"WHARF_QUANTIZE": "int8"})
+    _, key = fast.account("int8")
+    sdk = openai.OpenAI(base_url=fast.url + "/v1", api_key=key)
+    stream = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "用一句话介绍长城。"}],
+                                         max_tokens=24, temperature=0, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and "\ufffd" not in text
+    assert chunks[-1].usage.completion_tokens >= 1
+    assert any("int8 matmuls" in line for line in fast.log().splitlines())
+
+
+def test_unknown_quantization_is_refused_at_start(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "wharf", "serve", "--quantize", "int4"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "WHARF_DATA_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "--quantize" in proc.stdout + proc.stderr and "int4" in proc.stdout + proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from wharf.engine.backends import torch_llama
+from wharf.engine.backends import int8, torch_llama
 from wharf.engine.backends.torch_generic import GenericRunner
 from wharf.engine.engine import Engine
 from wharf.engine.loader import EMBEDDED_IDENTITY, embedded_model_path, load_weights
@@ -25,13 +25,23 @@ class ModelSpec:
 
 
 def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
-                 max_model_len: int, max_queue: int, prefill_chunk: int, log=lambda m: None) -> Engine:
+                 max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
+                 log=lambda m: None) -> Engine:
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
     window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
                  max_model_len)
     if torch_llama.supports(model):
-        runner, kind = torch_llama.LlamaRunner(model, max_slots=max_batch_size, max_len=window), "torch-llama"
+        act_ranges = None
+        if int8.check(quantize) == "int8":
+            log(f"calibrating int8 weights for {spec.name}")
+            act_ranges = int8.activation_ranges(model, tokenizer)
+        runner = torch_llama.LlamaRunner(model, max_slots=max_batch_size, max_len=window, quantize=quantize,
+                                         act_ranges=act_ranges)
+        kind = "torch-llama"
+    elif int8.check(quantize) != "none":
+        raise ValueError(f"{spec.name}: int8 quantization is implemented for Llama-family models only "
+                         f"({model.config.model_type} is not); serve it with quantize=none")
     else:
         runner, kind = GenericRunner(model, max_slots=max_batch_size, max_len=window), "torch-generic"
     eos = model.generation_config.eos_token_id
@@ -40,6 +50,7 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
         eos_ids.add(tokenizer.eos_token_id)
     info = ModelInfo(name=spec.name, identity=weights.identity, path=str(spec.path), backend=kind,
                      context_length=window, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                     quantize=quantize,
                      aliases=list(spec.aliases))
     return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
                   prefill_chunk=prefill_chunk)

@@ -79,6 +79,7 @@ class ModelInfo:
     context_length: int
     dtype: str
     aliases: list[str] = field(default_factory=list)
+    quantize: str = "none"    # "int8": int8 weight matmuls (wharf/engine/backends/int8.py)
 
 
 @dataclass
