@@ -261,16 +261,22 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second instead of all at once")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quantize", default="none", help="none or int8 (the server's and the in-process engine's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
 
-    from wharf.engine.registry import build_engine, default_spec
+    from wharf.engine.registry import build_engine, default_spec, set_threads
 
     cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
-    engine = build_engine(default_spec(MODEL), dtype=args.dtype, cache_dir=cache, max_batch_size=32,
-                          max_model_len=2048, max_queue=256, prefill_chunk=256)
+    # The in-process engine is the server's twin (same threads, dtype, quantization), so
+    # that the gateway overhead compares like with like.
+    set_threads(None)
+    engine = build_engine(default_spec(MODEL), dtype=args.dtype, quantize=args.quantize, cache_dir=cache,
+                          max_batch_size=32, max_model_len=2048, max_queue=256, prefill_chunk=256)
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)    # the baseline gets transformers' default: every core
     folder = next(p for p in cache.iterdir() if p.is_dir() and ".tmp" not in p.name)
     tok = AutoTokenizer.from_pretrained(folder)
     prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens)
@@ -280,7 +286,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc, url = start_server(data_dir, cache, port, {"WHARF_DTYPE": args.dtype})
+    proc, url = start_server(data_dir, cache, port, {"WHARF_DTYPE": args.dtype, "WHARF_QUANTIZE": args.quantize})
     try:
         from wharf.config import Settings
         from wharf.platform.core import Platform
@@ -305,7 +311,7 @@ def main() -> None:
         proc.wait(30)
         engine.shutdown()
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "model": MODEL, "dtype": args.dtype, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+            "model": MODEL, "dtype": args.dtype, "quantize": args.quantize, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
             "single-stream TPOT / baseline": (round(rows[2]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
                                               if len(rows) > 2 else None)}
     print(markdown(rows))

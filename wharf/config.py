@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
     quantize: str = "none"                   # none (exact float) | int8 (fbgemm int8 matmuls, 2-3x faster on CPU)
     threads: int | None = None               # torch intra-op threads (None: all cores but one)
+    prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
 
     # Engine capacity.
     max_batch_size: int = 32                 # sequences decoded together (KV slots)

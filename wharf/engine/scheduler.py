@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,12 +74,18 @@ class Group:
 
 class Scheduler:
     def __init__(self, runner: ModelRunner, tokenizer, *, eos_ids: set[int], max_queue: int,
-                 prefill_chunk: int):
+                 prefill_chunk: int, prefill_threads: int | None = None):
+        """prefill_threads (default: every core): torch threads while a prompt is
+        prefilled. Prefill is a few large matmuls that scale with cores, while a decode
+        step (at the threads set at start-up, cores - 1 by default) is many small ones
+        that lose to the event loop's thread when they compete for the last core."""
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefill_threads = prefill_threads or os.cpu_count() or 1
+        self.decode_threads = torch.get_num_threads()
         self.free_slots = list(range(runner.max_slots))
         self.waiting: collections.deque[Group] = collections.deque()
         self.prefilling: list[Group] = []
@@ -129,6 +136,7 @@ class Scheduler:
     # -- the model thread -----------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        torch.set_num_threads(self.decode_threads)
         while True:
             with self.cond:
                 while not (self.stopping or self.waiting or self.prefilling or self.running):
@@ -187,6 +195,15 @@ class Scheduler:
                 self.prefilling.append(group)
 
     def _prefill_step(self) -> None:
+        if not self.prefilling:
+            return
+        torch.set_num_threads(self.prefill_threads)
+        try:
+            self._prefill_chunks()
+        finally:
+            torch.set_num_threads(self.decode_threads)
+
+    def _prefill_chunks(self) -> None:
         budget = self.prefill_chunk
         for group in list(self.prefilling):
             if budget <= 0:
