@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_model_len: int = 2048                # tokens per sequence (prompt + output)
     max_queue: int = 256                     # waiting requests before "overloaded"
     prefill_chunk: int = 256                 # prompt tokens per scheduler step
+    prefix_cache_mb: int = 256               # KV of repeated prompt prefixes (0: off)
 
     lexicon_path: Path | None = None         # sensitive words, one per line (default: data_dir/lexicon.txt)
     quota_timezone: str = "Asia/Shanghai"    # where a quota day begins

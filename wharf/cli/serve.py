@@ -65,7 +65,8 @@ def load_models(settings: Settings):
                 raise typer.Exit(2) from None
         else:
             registry = load_registry(specs, settings.aliases, dtype=settings.dtype, quantize=settings.quantize,
-                                     prefill_threads=settings.prefill_threads, cache_dir=settings.cache_dir,
+                                     prefill_threads=settings.prefill_threads,
+                                     prefix_cache_mb=settings.prefix_cache_mb, cache_dir=settings.cache_dir,
                                      max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
                                      max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
     for info in registry.list():

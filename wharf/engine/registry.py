@@ -26,7 +26,8 @@ class ModelSpec:
 
 def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
-                 prefill_threads: int | None = None, log=lambda m: None) -> Engine:
+                 prefill_threads: int | None = None, prefix_cache_mb: int = 256,
+                 log=lambda m: None) -> Engine:
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
     window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
@@ -53,7 +54,8 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                      quantize=quantize,
                      aliases=list(spec.aliases))
     return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
-                  prefill_chunk=prefill_chunk, prefill_threads=prefill_threads)
+                  prefill_chunk=prefill_chunk, prefill_threads=prefill_threads,
+                  prefix_cache_bytes=prefix_cache_mb * 2**20)
 
 
 def default_spec(name: str) -> ModelSpec:

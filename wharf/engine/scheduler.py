@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from wharf.engine.backends.base import ModelRunner
+from wharf.engine.prefix_cache import PrefixCache
 from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from wharf.engine.sampling import SamplerRow, apply_penalties, make_generator, sample
 from wharf.engine.types import Chunk, EngineStats, FinishReason, SamplingParams, TokenLogprob
@@ -74,7 +75,7 @@ class Group:
 
 class Scheduler:
     def __init__(self, runner: ModelRunner, tokenizer, *, eos_ids: set[int], max_queue: int,
-                 prefill_chunk: int, prefill_threads: int | None = None):
+                 prefill_chunk: int, prefill_threads: int | None = None, prefix_cache_bytes: int = 0):
         """prefill_threads (default: every core): torch threads while a prompt is
         prefilled. Prefill is a few large matmuls that scale with cores, while a decode
         step (at the threads set at start-up, cores - 1 by default) is many small ones
@@ -85,6 +86,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.prefill_threads = prefill_threads or os.cpu_count() or 1
+        self.prefix_cache = (PrefixCache(prefix_cache_bytes)
+                             if prefix_cache_bytes > 0 and hasattr(runner, "export_prefix") else None)
         self.decode_threads = torch.get_num_threads()
         self.free_slots = list(range(runner.max_slots))
         self.waiting: collections.deque[Group] = collections.deque()
@@ -121,11 +124,14 @@ class Scheduler:
             self.cond.notify()
 
     def stats(self) -> EngineStats:
+        prefix = self.prefix_cache.stats if self.prefix_cache is not None else None
         return EngineStats(waiting=len(self.waiting) + len(self.prefilling),
                            running=sum(1 for g in self.running for s in g.seqs if s.finish is None),
                            max_batch_size=self.runner.max_slots,
                            generated_tokens=self.generated_tokens,
-                           tokens_per_second=round(self._rate, 1))
+                           tokens_per_second=round(self._rate, 1),
+                           prefix_cache_hits=prefix.hits if prefix else 0,
+                           prefix_cache_tokens=prefix.reused_tokens if prefix else 0)
 
     def shutdown(self) -> None:
         with self.cond:
@@ -187,12 +193,19 @@ class Scheduler:
                 self._finish_group(g, None if g.cancelled else Timeout("request timed out"))
 
     def _admit(self) -> None:
+        admitted = []
         with self.cond:
             while self.waiting and len(self.free_slots) >= self.waiting[0].params.n:
                 group = self.waiting.popleft()
                 for seq in group.seqs:
                     seq.slot = self.free_slots.pop(0)
-                self.prefilling.append(group)
+                admitted.append(group)
+        for group in admitted:
+            if self.prefix_cache is not None:
+                blocks = self.prefix_cache.lookup(group.prompt_ids)
+                if blocks:
+                    group.prefilled = self.runner.import_prefix(group.seqs[0].slot, blocks)
+            self.prefilling.append(group)
 
     def _prefill_step(self) -> None:
         if not self.prefilling:
@@ -223,6 +236,9 @@ class Scheduler:
                     self.seen[seq.slot].zero_()
                     self.seen[seq.slot, group.prompt_ids] = True
                     self.counts[seq.slot].zero_()
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(group.prompt_ids,
+                                        lambda start, end: self.runner.export_prefix(lead.slot, start, end))
             self.prefilling.remove(group)
             self.running.append(group)
             group.first_token_at = time.monotonic()

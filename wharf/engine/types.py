@@ -89,3 +89,5 @@ class EngineStats:
     max_batch_size: int = 0
     generated_tokens: int = 0
     tokens_per_second: float = 0.0   # recent decode throughput
+    prefix_cache_hits: int = 0       # requests whose prompt began with a cached prefix
+    prefix_cache_tokens: int = 0     # prompt tokens not prefilled thanks to it

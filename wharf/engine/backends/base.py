@@ -23,3 +23,7 @@ class ModelRunner(Protocol):
 
     def release(self, slot: int) -> None:
         """The slot's sequence is gone."""
+
+    # Optional (prefix caching, wharf/engine/prefix_cache.py): a runner that has
+    # export_prefix(slot, start, end) -> (kv, bytes) and import_prefix(slot, blocks) -> length
+    # gets repeated prompt prefixes prefilled once.

@@ -214,5 +214,23 @@ class LlamaRunner:
         self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
         self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
 
+    def export_prefix(self, slot: int, start: int, end: int) -> tuple[object, int]:
+        """A copy of the slot's cache positions [start, end), and its size in bytes."""
+        k = self.k_cache[:, slot, :, start:end].clone()
+        v = self.v_cache[:, slot, :, start:end].clone()
+        return (k, v), 2 * k.numel() * k.element_size()
+
+    def import_prefix(self, slot: int, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Put exported blocks, in order from position 0, into a slot; returns their length."""
+        length = sum(k.shape[2] for k, _ in blocks)
+        self._ensure_capacity(length)
+        start = 0
+        for k, v in blocks:
+            end = start + k.shape[2]
+            self.k_cache[:, slot, :, start:end] = k
+            self.v_cache[:, slot, :, start:end] = v
+            start = end
+        return length
+
     def release(self, slot: int) -> None:
         pass  # stale cache entries are masked by position; nothing to free
