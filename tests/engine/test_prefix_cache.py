@@ -78,3 +78,24 @@ def test_repeated_system_prompt_is_prefilled_once_with_the_same_tokens(model_cac
     finally:
         cached.shutdown()
         plain.shutdown()
+
+
+def test_prompts_longer_than_the_first_cache_allocation_with_n_choices(engine):
+    """The KV cache starts at 256 positions and grows inside inference mode; importing a
+    cached prefix and copying a slot for n > 1 must still work after that."""
+    long_system = SYSTEM * 5
+    assert len(engine.tokenizer(long_system)["input_ids"]) > 300
+    before = engine.stats().prefix_cache_hits
+
+    async def ask(question, n):
+        texts = [""] * n
+        req = GenerationRequest(model="smol", prompt=long_system + question,
+                                sampling=SamplingParams(max_tokens=6, temperature=0, n=n))
+        async for chunk in engine.generate(req):
+            texts[chunk.index] += chunk.text
+        return texts
+
+    first = run_async(ask("\nQ: Say hello.\nA:", 1))
+    again = run_async(ask("\nQ: Say hello.\nA:", 2))
+    assert engine.stats().prefix_cache_hits == before + 1
+    assert again == first * 2

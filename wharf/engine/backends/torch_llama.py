@@ -210,16 +210,19 @@ class LlamaRunner:
             x = self._mlp(layer, x)
         return self._logits(x)
 
+    @torch.inference_mode()   # the cache may have been (re)allocated in inference mode
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
         self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
 
+    @torch.inference_mode()   # the cache may have been (re)allocated in inference mode
     def export_prefix(self, slot: int, start: int, end: int) -> tuple[object, int]:
         """A copy of the slot's cache positions [start, end), and its size in bytes."""
         k = self.k_cache[:, slot, :, start:end].clone()
         v = self.v_cache[:, slot, :, start:end].clone()
         return (k, v), 2 * k.numel() * k.element_size()
 
+    @torch.inference_mode()   # the cache may have been (re)allocated in inference mode
     def import_prefix(self, slot: int, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Put exported blocks, in order from position 0, into a slot; returns their length."""
         length = sum(k.shape[2] for k, _ in blocks)
