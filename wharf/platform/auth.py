@@ -30,9 +30,10 @@ import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import jwt
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from wharf.errors import AuthError
 from wharf.platform.credentials import Credentials, hash_key
@@ -67,7 +68,26 @@ class Principal:
     credential_max_concurrency: int | None = None
 
 
-def _principal(c: Credential, a: Account) -> Principal:
+# Per-request lookups, built once (Core, not the ORM: they run on every request).
+_C, _A, _T = Credential.__table__, Account.__table__, AccessToken.__table__
+_CRED_AND_ACCOUNT = ([col.label(f"c_{col.name}") for col in _C.c] + [col.label(f"a_{col.name}") for col in _A.c])
+_BY_SECRET_HASH = (select(*_CRED_AND_ACCOUNT).join_from(_C, _A, _A.c.id == _C.c.account_id)
+                   .where(_C.c.secret_hash == bindparam("v")))
+_BY_PUBLIC_ID = (select(*_CRED_AND_ACCOUNT).join_from(_C, _A, _A.c.id == _C.c.account_id)
+                 .where(_C.c.public_id == bindparam("v")))
+_BY_ACCESS_TOKEN = (select(_T.c.expires_at.label("t_expires_at"), *_CRED_AND_ACCOUNT)
+                    .join_from(_T, _C, _C.c.id == _T.c.credential_id).join(_A, _A.c.id == _C.c.account_id)
+                    .where(_T.c.token_hash == bindparam("v")))
+
+
+def _split(row) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """A joined row -> (credential, account), each with the model's attribute names."""
+    m = row._mapping
+    return (SimpleNamespace(**{k[2:]: v for k, v in m.items() if k.startswith("c_")}),
+            SimpleNamespace(**{k[2:]: v for k, v in m.items() if k.startswith("a_")}))
+
+
+def _principal(c, a) -> Principal:
     if c.revoked_at is not None:
         raise AuthError("credential has been revoked", reason="revoked")
     if a.status != "active":
@@ -124,15 +144,16 @@ class Authenticator:
         self.credentials = credentials or Credentials(store, box)
         self.qianfan_token_ttl_s = qianfan_token_ttl_s
 
-    def _lookup(self, where, kinds: tuple[str, ...]) -> tuple[Credential, Account] | None:
-        with self.store.read() as s:
-            row = s.execute(select(Credential, Account).join(Account, Account.id == Credential.account_id)
-                            .where(where)).first()
-        if row is None or row[0].kind not in kinds:
+    def _lookup(self, stmt, value: str, kinds: tuple[str, ...]):
+        """(credential, account) rows as attribute namespaces, or None."""
+        with self.store.read_conn() as conn:
+            row = conn.execute(stmt, {"v": value}).first()
+        if row is None:
             return None
-        return row[0], row[1]
+        c, a = _split(row)
+        return (c, a) if c.kind in kinds else None
 
-    def _ok(self, c: Credential, a: Account) -> Principal:
+    def _ok(self, c, a) -> Principal:
         p = _principal(c, a)
         self.credentials.touch(c.id)
         return p
@@ -146,7 +167,7 @@ class Authenticator:
         if not token:
             raise AuthError("missing API key", reason="missing")
         h = hash_key(token)
-        found = self._lookup(Credential.secret_hash == h, ("api_key",))
+        found = self._lookup(_BY_SECRET_HASH, h, ("api_key",))
         # The lookup is by hash, so it leaks nothing about the key; compare anyway.
         if found is None or not hmac.compare_digest(found[0].secret_hash or "", h):
             raise AuthError("invalid API key", reason="invalid")
@@ -154,7 +175,7 @@ class Authenticator:
 
     # -- Qianfan OAuth ------------------------------------------------------
     def issue_qianfan_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
-        found = self._lookup(Credential.public_id == (client_id or ""), ("qianfan_app",)) if client_id else None
+        found = self._lookup(_BY_PUBLIC_ID, client_id, ("qianfan_app",)) if client_id else None
         if found is None or found[0].revoked_at is not None:
             raise AuthError("unknown client id", reason="unknown_client")
         c, a = found
@@ -177,17 +198,13 @@ class Authenticator:
     def qianfan_access_token(self, token: str | None) -> Principal:
         if not token:
             raise AuthError("missing access token", reason="missing")
-        with self.store.read() as s:
-            row = s.execute(select(AccessToken, Credential, Account)
-                            .join(Credential, Credential.id == AccessToken.credential_id)
-                            .join(Account, Account.id == Credential.account_id)
-                            .where(AccessToken.token_hash == hash_key(token))).first()
+        with self.store.read_conn() as conn:
+            row = conn.execute(_BY_ACCESS_TOKEN, {"v": hash_key(token)}).first()
         if row is None:
             raise AuthError("Access token invalid or no longer valid", reason="invalid")
-        t, c, a = row
-        if t.expires_at <= utcnow():
+        if row.t_expires_at <= utcnow():
             raise AuthError("Access token expired", reason="expired")
-        return self._ok(c, a)
+        return self._ok(*_split(row))
 
     # -- Qianfan IAM (BCE auth v1) -----------------------------------------
     def bce_signature(self, method: str, path: str, query_params: Iterable[tuple[str, str]],
@@ -214,7 +231,7 @@ class Authenticator:
             raise AuthError("signature expired", reason="expired")
         if t0 > now + dt.timedelta(seconds=BCE_FUTURE_SKEW_S):
             raise AuthError("signature timestamp is in the future", reason="expired")
-        found = self._lookup(Credential.public_id == ak, ("qianfan_iam",))
+        found = self._lookup(_BY_PUBLIC_ID, ak, ("qianfan_iam",))
         if found is None:
             raise AuthError("unknown access key", reason="invalid")
         c, a = found
@@ -258,7 +275,7 @@ class Authenticator:
         iss = claims.get("iss")
         if not isinstance(iss, str) or not iss:
             raise AuthError("token has no iss", reason="invalid")
-        found = self._lookup(Credential.public_id == iss, ("sensenova",))
+        found = self._lookup(_BY_PUBLIC_ID, iss, ("sensenova",))
         if found is None:
             raise AuthError("unknown access key id", reason="invalid")
         c, a = found

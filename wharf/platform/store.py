@@ -100,6 +100,12 @@ class Store:
             yield s
 
     @contextlib.contextmanager
+    def read_conn(self) -> Iterator[Connection]:
+        """A Core connection for per-request reads (rolled back at the end)."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def write_conn(self) -> Iterator[Connection]:
         """One write transaction on a Core connection, for the per-request hot path
         (quota, usage): prebuilt statements, no ORM unit of work."""
