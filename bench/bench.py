@@ -6,21 +6,28 @@ One invocation measures, on the same model, prompts and output lengths:
      streaming, with vLLM-style metrics: request throughput, output tok/s, TTFT,
      TPOT, ITL (p50/p90/p99);
   3. gateway overhead: the engine called directly vs the full HTTP path (auth, limits,
-     quota, usage write) for 1-token requests.
+     quota, usage write) for 1-token requests;
+  4. with --llama-cpp (needs llama-cpp-python: pip install 'wharf[llamacpp]'),
+     llama-cpp-python's OpenAI server on the same GGUF (Q4_1), driven by the same
+     load generator with the same prompts, output lengths and concurrency levels.
 Ratios are against the baseline of the same run. Usage:
 
-    .venv/bin/python bench/bench.py --concurrency 1 8 32 --max-tokens 64
+    .venv/bin/python bench/bench.py --concurrency 1 8 32 --max-tokens 64 [--llama-cpp]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +81,7 @@ class Result:
     tpot: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
     errors: int = 0
+    pieces: int = 0         # streamed chunks that carried text (one token each, or a few)
 
     @property
     def tok_s(self) -> float:
@@ -141,15 +149,20 @@ def run_hf_continuous_batching(folder: Path, prompts: list[str], max_tokens: int
     return res
 
 
-async def one_request(client: httpx.AsyncClient, key: str, prompt: str, max_tokens: int, res: Result) -> None:
+def _auth(key: str | None) -> dict:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def one_request(client: httpx.AsyncClient, key: str | None, prompt: str, max_tokens: int, res: Result,
+                      extra: dict | None = None) -> None:
+    """One streamed /v1/completions request. `extra`: server-specific body fields."""
     body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": True, "stream_options": {"include_usage": True}, **(extra or {})}
     start = time.perf_counter()
-    first = last = None
-    tokens = 0
+    first = last = finish = None
+    tokens = pieces = 0
     try:
-        async with client.stream("POST", "/v1/completions", json=body,
-                                 headers={"Authorization": f"Bearer {key}"}) as r:
+        async with client.stream("POST", "/v1/completions", json=body, headers=_auth(key)) as r:
             if r.status_code != 200:
                 res.errors += 1
                 await r.aread()
@@ -161,17 +174,25 @@ async def one_request(client: httpx.AsyncClient, key: str, prompt: str, max_toke
                 now = time.perf_counter()
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
-                elif chunk["choices"] and chunk["choices"][0]["text"]:
-                    if first is None:
-                        first = now
-                    else:
-                        res.itl.append(now - last)
-                    last = now
+                elif chunk["choices"]:
+                    finish = chunk["choices"][0].get("finish_reason") or finish
+                    if chunk["choices"][0]["text"]:
+                        pieces += 1
+                        if first is None:
+                            first = now
+                        else:
+                            res.itl.append(now - last)
+                        last = now
     except httpx.HTTPError:
         res.errors += 1
         return
     end = time.perf_counter()
+    if not tokens:
+        # No usage in the stream (llama-cpp-python sends none): "length" means exactly
+        # max_tokens were generated; otherwise count the text-carrying chunks.
+        tokens = max_tokens if finish == "length" else pieces
     res.requests += 1
+    res.pieces += pieces
     res.output_tokens += tokens
     if first is not None:
         res.ttft.append(first - start)
@@ -179,18 +200,18 @@ async def one_request(client: httpx.AsyncClient, key: str, prompt: str, max_toke
             res.tpot.append((end - first) / (tokens - 1))
 
 
-async def run_load(url: str, key: str, prompts: list[str], max_tokens: int, concurrency: int,
-                   rate: float | None) -> Result:
-    res = Result(f"wharf HTTP, {concurrency} concurrent" + (f", Poisson {rate}/s" if rate else ""))
+async def run_load(url: str, key: str | None, prompts: list[str], max_tokens: int, concurrency: int,
+                   rate: float | None, label: str = "wharf HTTP", extra: dict | None = None) -> Result:
+    res = Result(f"{label}, {concurrency} concurrent" + (f", Poisson {rate}/s" if rate else ""))
     queue = list(prompts)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await one_request(client, key, prompts[0], 2, Result("warm-up"))
+        await one_request(client, key, prompts[0], 2, Result("warm-up"), extra)
         sem = asyncio.Semaphore(concurrency)
 
         async def worker(p):
             async with sem:
-                await one_request(client, key, p, max_tokens, res)
+                await one_request(client, key, p, max_tokens, res, extra)
 
         start = time.perf_counter()
         tasks = []
@@ -227,22 +248,115 @@ async def gateway_overhead(url: str, key: str, engine, n: int = 30) -> dict:
             "gateway overhead p50 ms": round((statistics.median(http) - statistics.median(direct)) * 1000, 2)}
 
 
-def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict):
-    import subprocess
-    env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
-           "WHARF_PORT": str(port), **extra_env}
-    log = open(data_dir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "wharf", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cmd: list[str], env: dict, log_path: Path, url: str, ready_path: str) -> subprocess.Popen:
+    """Start a server process and wait until GET url+ready_path answers 200."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     for _ in range(600):
         try:
-            if httpx.get(url + "/health").status_code == 200:
-                return proc, url
+            if httpx.get(url + ready_path).status_code == 200:
+                return proc
         except httpx.HTTPError:
             time.sleep(0.5)
         if proc.poll() is not None:
             break
-    raise RuntimeError((data_dir / "server.log").read_text()[-2000:])
+    proc.kill()
+    raise RuntimeError(log_path.read_text()[-2000:])
+
+
+def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict):
+    env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
+           "WHARF_PORT": str(port), **extra_env}
+    url = f"http://127.0.0.1:{port}"
+    return launch([sys.executable, "-m", "wharf", "serve"], env, data_dir / "server.log", url, "/health"), url
+
+
+# llama-cpp-python's server has no continuous batching (no parallel slots either): one
+# model, one request at a time behind a lock. By default a waiting request *interrupts*
+# the one streaming (it gets an early [DONE]), which would cut outputs short under
+# concurrency: off. logits_all (on by default in the server) computes and copies the
+# logits of every prompt token, only needed for logprobs: off. Threads: all cores for the
+# prompt (n_threads_batch), cores - 1 for decoding (n_threads), as Wharf's default; on 2
+# cores, two decode threads were faster only on an idle machine and only for a single
+# stream, and spun at every barrier as soon as anything else ran (bench/README.md).
+LLAMA_CPP_FLAGS = ["--n_ctx", "2048", "--n_threads", str(max(1, (os.cpu_count() or 1) - 1)),
+                   "--n_threads_batch", str(os.cpu_count() or 1), "--interrupt_requests", "False",
+                   "--logits_all", "False"]
+
+
+def llama_cpp_version() -> str | None:
+    """The installed llama-cpp-python's version, None when it is not importable."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    return importlib.metadata.version("llama-cpp-python")
+
+
+def start_llama_cpp(gguf: Path, data_dir: Path, port: int):
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
+           "--host", "127.0.0.1", "--port", str(port), *LLAMA_CPP_FLAGS]
+    return launch(cmd, dict(os.environ), data_dir / "llama-cpp.log", url, "/v1/models"), url
+
+
+def llama_cpp_body(tokenizer) -> dict:
+    """What makes llama-cpp-python generate exactly max_tokens like Wharf's `ignore_eos`
+    (which it does not know): every special token (the end-of-generation ones among them)
+    biased by -100; plain greedy as Wharf's (its default repeat_penalty is 1.1)."""
+    return {"logit_bias": {str(i): -100.0 for i in sorted(tokenizer.get_added_vocab().values())},
+            "repeat_penalty": 1.0}
+
+
+def completion_tokens(url: str, key: str | None, prompt: str, max_tokens: int, extra: dict) -> int:
+    """Output tokens of one non-streamed request, as the server's own usage counts them."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra}
+    r = httpx.post(url + "/v1/completions", json=body, headers=_auth(key), timeout=600)
+    r.raise_for_status()
+    return r.json()["usage"]["completion_tokens"]
+
+
+def run_levels(url: str, key: str | None, prompts: list[str], args, baseline: Result, label: str = "wharf HTTP",
+               extra: dict | None = None) -> tuple[list[dict], dict]:
+    """One load run per concurrency level: the table rows and, per run, the mean output
+    tokens and text-carrying chunks per request."""
+    rows, per_request = [], {}
+    for c in args.concurrency:
+        n = args.requests or max(8, 2 * c)
+        print(f"{label}: {c} concurrent, {n} requests ...", flush=True)
+        res = asyncio.run(run_load(url, key, [prompts[i % len(prompts)] for i in range(n)],
+                                   args.max_tokens, c, args.rate, label, extra))
+        rows.append(res.row(baseline))
+        if res.requests:
+            per_request[res.name] = {"output tokens": round(res.output_tokens / res.requests, 2),
+                                     "text chunks": round(res.pieces / res.requests, 2)}
+    return rows, per_request
+
+
+def run_llama_cpp(prompts: list[str], tokenizer, args, baseline: Result) -> tuple[list[dict], dict]:
+    """llama-cpp-python's server on the embedded GGUF, under the same load as Wharf."""
+    from wharf.engine.loader import embedded_model_path
+
+    gguf = embedded_model_path()
+    data_dir = Path(tempfile.mkdtemp(prefix="llama-cpp-bench-"))
+    proc, url = start_llama_cpp(gguf, data_dir, free_port())
+    extra = llama_cpp_body(tokenizer)
+    try:
+        checked = completion_tokens(url, None, prompts[0], args.max_tokens, extra)
+        if checked != args.max_tokens:
+            print(f"WARNING: llama-cpp-python generated {checked} tokens, not {args.max_tokens}", flush=True)
+        rows, per_request = run_levels(url, None, prompts, args, baseline, "llama-cpp-python HTTP", extra)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    info = {"version": llama_cpp_version(), "gguf": gguf.name, "weights": "Q4_1 as stored in the GGUF",
+            "flags": LLAMA_CPP_FLAGS, "body": extra,
+            "completion_tokens (non-stream check)": checked, "per request": per_request}
+    return rows, info
 
 
 def markdown(rows: list[dict]) -> str:
@@ -262,8 +376,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second instead of all at once")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantize", default="none", help="none or int8 (the server's and the in-process engine's)")
+    ap.add_argument("--llama-cpp", action="store_true",
+                    help="also run llama-cpp-python's server on the same GGUF (pip install 'wharf[llamacpp]')")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = ap.parse_args()
+    if args.llama_cpp and llama_cpp_version() is None:
+        ap.error("--llama-cpp needs llama-cpp-python: pip install 'wharf[llamacpp]'")
 
     from transformers import AutoTokenizer
 
@@ -282,10 +400,7 @@ def main() -> None:
     prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens)
 
     data_dir = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc, url = start_server(data_dir, cache, port, {"WHARF_DTYPE": args.dtype, "WHARF_QUANTIZE": args.quantize})
     try:
         from wharf.config import Settings
@@ -299,24 +414,32 @@ def main() -> None:
         rows = [baseline.row(None)]
         print("transformers generate_batch (continuous batching) ...", flush=True)
         rows.append(run_hf_continuous_batching(folder, prompts[:8], args.max_tokens, args.dtype).row(baseline))
-        for c in args.concurrency:
-            n = args.requests or max(8, 2 * c)
-            print(f"wharf: {c} concurrent, {n} requests ...", flush=True)
-            res = asyncio.run(run_load(url, key, [prompts[i % len(prompts)] for i in range(n)],
-                                       args.max_tokens, c, args.rate))
-            rows.append(res.row(baseline))
+        wharf_rows, per_request = run_levels(url, key, prompts, args, baseline)
+        rows += wharf_rows
         overhead = asyncio.run(gateway_overhead(url, key, engine))
     finally:
         proc.terminate()
         proc.wait(30)
         engine.shutdown()
+    llama = None
+    if args.llama_cpp:      # after Wharf's server has gone: the two never share the cores
+        llama_rows, llama = run_llama_cpp(prompts, tok, args, baseline)
+        rows += llama_rows
+        llama["wharf / llama.cpp out tok/s"] = {
+            str(c): round(w["out tok/s"] / lc["out tok/s"], 2) if lc["out tok/s"] else None
+            for c, w, lc in zip(args.concurrency, wharf_rows, llama_rows)}
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "model": MODEL, "dtype": args.dtype, "quantize": args.quantize, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
             "single-stream TPOT / baseline": (round(rows[2]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
-                                              if len(rows) > 2 else None)}
+                                              if len(rows) > 2 else None),
+            "per request": per_request}
     print(markdown(rows))
     print(json.dumps(overhead))
-    args.out.write_text(json.dumps({"info": info, "rows": rows, "gateway": overhead}, indent=2, ensure_ascii=False))
+    result = {"info": info, "rows": rows, "gateway": overhead}
+    if llama:
+        print(json.dumps(llama, ensure_ascii=False))
+        result["llama_cpp"] = llama
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
