@@ -53,8 +53,10 @@ CORPUS = [
 def make_prompts(n: int, tokenizer, target_tokens: int = 100, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     prompts = []
-    for _ in range(n):
-        text = ""
+    for i in range(n):
+        # A distinct opening: the prompts share no prefix, so Wharf's prefix cache cannot
+        # help here (the baseline has none); it is measured on its own in bench/README.md.
+        text = f"Document {i}. "
         while len(tokenizer(text)["input_ids"]) < target_tokens:
             text += rng.choice(CORPUS) + " "
         ids = tokenizer(text)["input_ids"][:target_tokens]
@@ -224,25 +226,59 @@ async def run_load(url: str, key: str | None, prompts: list[str], max_tokens: in
     return res
 
 
-async def gateway_overhead(url: str, key: str, engine, n: int = 30) -> dict:
-    """p50 latency of a 1-token request: engine called directly vs the full HTTP path."""
+GATEWAY_PROMPTS = [f"Hello {i}" for i in range(33)]
+
+
+def direct_engine_latencies(dtype: str, quantize: str) -> list[float]:
+    """In a process of its own, built exactly as `wharf serve` builds it (threads,
+    dtype, quantization, capacity): seconds per 1-token request, engine called directly."""
+    from wharf.config import Settings
+    from wharf.engine.registry import build_engine, default_spec, set_threads
     from wharf.engine.types import GenerationRequest, SamplingParams
 
-    direct, http = [], []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        for i in range(n + 3):
+    settings = Settings(dtype=dtype, quantize=quantize)
+    set_threads(settings.threads)
+    engine = build_engine(default_spec(MODEL), dtype=dtype, quantize=quantize, cache_dir=settings.cache_dir,
+                          max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
+                          max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
+                          prefill_threads=settings.prefill_threads, prefix_cache_mb=settings.prefix_cache_mb)
+
+    async def run() -> list[float]:
+        out = []
+        for prompt in GATEWAY_PROMPTS:
             t0 = time.perf_counter()
-            async for _ in engine.generate(GenerationRequest(model=MODEL, prompt=f"Hello {i}",
-                                                             sampling=SamplingParams(max_tokens=1, temperature=0))):
+            req = GenerationRequest(model=MODEL, prompt=prompt, sampling=SamplingParams(max_tokens=1, temperature=0))
+            async for _ in engine.generate(req):
                 pass
-            t1 = time.perf_counter()
-            r = await client.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
-                                  json={"model": MODEL, "prompt": f"Hello {i}", "max_tokens": 1, "temperature": 0})
-            t2 = time.perf_counter()
+            out.append(time.perf_counter() - t0)
+        return out
+    try:
+        return asyncio.run(run())[3:]
+    finally:
+        engine.shutdown()
+
+
+async def http_latencies(url: str, key: str) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for prompt in GATEWAY_PROMPTS:
+            t0 = time.perf_counter()
+            r = await client.post("/v1/completions", headers=_auth(key),
+                                  json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
+            out.append(time.perf_counter() - t0)
             assert r.status_code == 200, r.text
-            if i >= 3:
-                direct.append(t1 - t0)
-                http.append(t2 - t1)
+    return out[3:]
+
+
+def gateway_overhead(url: str, key: str, args, cache: Path) -> dict:
+    """p50 latency of a 1-token request: the engine called directly (in a twin process
+    that shares nothing with this one's threads) vs the full HTTP path of the server."""
+    env = {**os.environ, "WHARF_MODEL_CACHE_DIR": str(cache)}
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench; "
+            f"print(json.dumps(bench.direct_engine_latencies({args.dtype!r}, {args.quantize!r})))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    direct = json.loads(out.stdout.strip().splitlines()[-1])
+    http = asyncio.run(http_latencies(url, key))
     return {"engine direct p50 ms": round(statistics.median(direct) * 1000, 2),
             "HTTP full path p50 ms": round(statistics.median(http) * 1000, 2),
             "gateway overhead p50 ms": round((statistics.median(http) - statistics.median(direct)) * 1000, 2)}
@@ -385,16 +421,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from wharf.engine.registry import build_engine, default_spec, set_threads
-
     cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
-    # The in-process engine is the server's twin (same threads, dtype, quantization), so
-    # that the gateway overhead compares like with like.
-    set_threads(None)
-    engine = build_engine(default_spec(MODEL), dtype=args.dtype, quantize=args.quantize, cache_dir=cache,
-                          max_batch_size=32, max_model_len=2048, max_queue=256, prefill_chunk=256)
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)    # the baseline gets transformers' default: every core
     folder = next(p for p in cache.iterdir() if p.is_dir() and ".tmp" not in p.name)
     tok = AutoTokenizer.from_pretrained(folder)
     prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens)
@@ -416,11 +443,10 @@ def main() -> None:
         rows.append(run_hf_continuous_batching(folder, prompts[:8], args.max_tokens, args.dtype).row(baseline))
         wharf_rows, per_request = run_levels(url, key, prompts, args, baseline)
         rows += wharf_rows
-        overhead = asyncio.run(gateway_overhead(url, key, engine))
+        overhead = gateway_overhead(url, key, args, cache)
     finally:
         proc.terminate()
         proc.wait(30)
-        engine.shutdown()
     llama = None
     if args.llama_cpp:      # after Wharf's server has gone: the two never share the cores
         llama_rows, llama = run_llama_cpp(prompts, tok, args, baseline)
