@@ -118,15 +118,23 @@ def stop_server(server: LiveServer, sig=signal.SIGTERM) -> int:
     return server.proc.returncode
 
 
+# Servers started by a test module, stopped when that module ends: each holds ~1.5 GB,
+# and kept to the end of the session they once filled this 24 GiB machine (21 servers).
+_module_servers: list[LiveServer] = []
+
+
 @pytest.fixture(scope="session")
 def server_factory(model_cache_dir):
-    """Start extra servers (other settings, replicas); all are stopped at session end."""
+    """Start extra servers (other settings, replicas). A server lives until the end of
+    the test module that started it; `keep=True` (the shared server) until the session's."""
     root = Path(tempfile.mkdtemp(prefix="wharf-test-"))
     started: list[LiveServer] = []
 
-    def factory(**kw) -> LiveServer:
+    def factory(keep: bool = False, **kw) -> LiveServer:
         s = start_server(root, model_cache_dir, **kw)
         started.append(s)
+        if not keep:
+            _module_servers.append(s)
         return s
 
     yield factory
@@ -135,10 +143,17 @@ def server_factory(model_cache_dir):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_module_servers():
+    yield
+    while _module_servers:
+        stop_server(_module_servers.pop())
+
+
 @pytest.fixture(scope="session")
 def server(server_factory) -> LiveServer:
     """The shared server: embedded model, default settings, SQLite."""
-    return server_factory()
+    return server_factory(keep=True)
 
 
 @pytest.fixture(scope="session")
