@@ -19,13 +19,13 @@ from wharf.platform.secretbox import SecretBox
 from wharf.platform.store import Store
 
 TABLES = {"accounts", "credentials", "access_tokens", "services", "usage_records", "quota_usage",
-          "quota_reservations", "alembic_version"}
+          "quota_reservations", "console_sessions", "safety_lexicon", "alembic_version"}
 
 
 def test_migrations_on_empty_database_match_models(store):
     assert TABLES <= set(store.table_names())
     with store.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -34,6 +34,26 @@ def test_open_twice_is_idempotent(db_url):
     Store.open(db_url).close()
     s = Store.open(db_url)
     assert TABLES <= set(s.table_names())
+    s.close()
+
+
+def test_upgrade_from_0001_keeps_data(db_url):
+    """An install made before 0002 (console sessions, shared lexicon) upgrades in place."""
+    from sqlalchemy import create_engine
+
+    from wharf.platform.store import upgrade
+
+    engine = create_engine(db_url)
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        assert "console_sessions" not in Store(engine).table_names()
+        c.execute(text("insert into accounts (name, status, is_admin, created_at) "
+                       "values ('old', 'active', false, '2026-01-01 00:00:00')"))
+    engine.dispose()
+    s = Store.open(db_url)
+    assert TABLES <= set(s.table_names())
+    with s.read() as session:
+        assert session.scalar(select(Account.name)) == "old"
     s.close()
 
 
@@ -128,9 +148,12 @@ def test_secrets_not_in_sqlite_file(sqlite_platform, tmp_path):
     tok, _ = p.authenticator.issue_qianfan_token(
         *[(c.public_id) for c in p.credentials.list(a.id) if c.kind == "qianfan_app"],
         secrets_[1])
+    # A console sign-in stores the API key (encrypted) and the session id (hashed).
+    console_key = p.credentials.create(a.id, "api_key", label="console").secret
+    sid, _ = p.console_sessions.create(console_key, a.id, [])
     data = file_bytes(tmp_path / "wharf.db")
     assert len(data) > 1000 and b"alice" in data          # we are reading the right file
-    for sec in secrets_ + [tok]:
+    for sec in secrets_ + [tok, console_key, sid]:
         assert sec.encode() not in data
 
 

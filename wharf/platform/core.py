@@ -9,7 +9,9 @@ from pathlib import Path
 
 from wharf.platform.accounts import Accounts, ensure_admin
 from wharf.platform.auth import Authenticator
+from wharf.platform.console_sessions import ConsoleSessions
 from wharf.platform.credentials import Credentials
+from wharf.platform.lexicon_store import LexiconStore
 from wharf.platform.quota import DEFAULT_TZ, QuotaBook
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.services import Services
@@ -31,6 +33,8 @@ class Platform:
         self.authenticator = Authenticator(store, secret_box, credentials=self.credentials)
         self.quota = QuotaBook(store, tz, default_chars=default_quota[0], default_tokens=default_quota[1])
         self.usage = UsageLog(store, tz)
+        self.lexicon = LexiconStore(store)
+        self.console_sessions = ConsoleSessions(store, secret_box)
 
     @classmethod
     def open(cls, settings, *, model_exists: Callable[[str], bool] | None = None) -> "Platform":

@@ -161,3 +161,32 @@ class QuotaReservation(Base):
     chars: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ConsoleSession(Base):
+    """Web console sign-ins, shared by every replica. The cookie value (a 256-bit random
+    id) is stored only as its SHA-256: a leaked database gives no live session; the
+    user's API key is Fernet-encrypted with the server key, as credential secrets are."""
+
+    __tablename__ = "console_sessions"
+
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    key_encrypted: Mapped[str] = mapped_column(Text)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class SafetyLexicon(Base):
+    """The content-safety lexicon every replica enforces: a single row (id 1), the terms as
+    one JSON list and a version bumped on each replacement. One row, not a row per term,
+    because the lexicon is only ever replaced whole: a replacement is one UPDATE (no
+    reader sees half of it) and a replica's check is one primary-key read of `version`."""
+
+    __tablename__ = "safety_lexicon"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    terms_json: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
