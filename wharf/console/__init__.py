@@ -7,10 +7,12 @@ Security design
     The key is verified with platform.authenticator.bearer(); a NEW random session id is
     minted every time (the old one, if any, is destroyed: no fixation) and set as cookie
     `wharf_console` (HttpOnly, SameSite=Strict, Path=/console, Secure on https).
-  * The API key lives only in the server-side session table (memory of this process);
-    JavaScript never sees it. The browser reaches the admin API and the dialects through
-    same-origin proxy routes under /console/api/..., which attach the session's key (or,
-    for Qianfan / SenseNova, a token / JWT made from one of the user's own credentials).
+  * The API key lives only in the server-side session table (console_sessions in the
+    shared store, Fernet-encrypted with the server key; the cookie value is stored only
+    as its SHA-256, see wharf/platform/console_sessions.py); JavaScript never sees it.
+    The browser reaches the admin API and the dialects through same-origin proxy routes
+    under /console/api/..., which attach the session's key (or, for Qianfan / SenseNova,
+    a token / JWT made from one of the user's own credentials).
   * CSRF: every state-changing console request (POST/PATCH/PUT/DELETE under /console/api
     and DELETE /console/session) must carry X-CSRF-Token equal to the session's token
     (compared in constant time), on top of SameSite=Strict.
@@ -19,8 +21,8 @@ Security design
   * HTML is served with a strict CSP (no inline script, self only) and the JS builds the
     DOM with textContent only, so stored strings (service descriptions, labels) can
     never become markup.
-Sessions are per process: with several replicas, pin the console to one (or sign in
-again); they expire after SESSION_TTL_S of inactivity.
+Sessions live in the shared store, so every replica behind a load balancer knows them
+(and a sign-out on one ends them on all); they expire after SESSION_TTL_S of inactivity.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ import asyncio
 import datetime as dt
 import hmac
 import json
-import secrets
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,12 +41,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from sqlalchemy import func, select
 
 from wharf.errors import WharfError
+from wharf.platform.console_sessions import SESSION_TTL_S, Session
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 COOKIE = "wharf_console"
-SESSION_TTL_S = 12 * 3600
+# A browser sends one value (two at most, with a planted duplicate); beyond this many the
+# rest is ignored, so a header stuffed with values costs no more than one lookup.
+MAX_COOKIE_VALUES = 8
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -65,53 +67,6 @@ DIALECT_PATHS = {
     "sensenova": ("/v1/llm/completions", "sensenova"),
     "sensenova-chat": ("/v1/llm/chat-completions", "sensenova"),
 }
-
-
-@dataclass
-class Session:
-    key: str
-    csrf: str
-    account_id: int
-    last_seen: float = field(default_factory=time.monotonic)
-
-
-class SessionStore:
-    def __init__(self):
-        self._items: dict[str, Session] = {}
-        self._lock = threading.Lock()
-
-    def create(self, key: str, account_id: int, old_sids: list[str]) -> tuple[str, Session]:
-        sid = secrets.token_urlsafe(32)
-        sess = Session(key=key, csrf=secrets.token_urlsafe(32), account_id=account_id)
-        with self._lock:
-            for old in old_sids:
-                self._items.pop(old, None)
-            self._gc()
-            self._items[sid] = sess
-        return sid, sess
-
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
-            return None
-        with self._lock:
-            sess = self._items.get(sid)
-            if sess is None:
-                return None
-            now = time.monotonic()
-            if now - sess.last_seen > SESSION_TTL_S:
-                self._items.pop(sid, None)
-                return None
-            sess.last_seen = now
-            return sess
-
-    def drop(self, sid: str | None) -> None:
-        with self._lock:
-            self._items.pop(sid or "", None)
-
-    def _gc(self) -> None:
-        now = time.monotonic()
-        for sid in [s for s, v in self._items.items() if now - v.last_seen > SESSION_TTL_S]:
-            del self._items[sid]
 
 
 def _err(status: int, message: str, type_: str = "console_error") -> JSONResponse:
@@ -140,12 +95,13 @@ def _cookie_values(request: Request) -> list[str]:
         name, _, value = part.strip().partition("=")
         if name == COOKIE and value:
             out.append(value.strip().strip('"'))
+            if len(out) == MAX_COOKIE_VALUES:
+                break
     return out
 
 
 def build_console_router() -> APIRouter:
     r = APIRouter(tags=["console"], include_in_schema=False)
-    sessions = SessionStore()
     clients: dict[str, httpx.AsyncClient] = {}
 
     def client(request: Request) -> httpx.AsyncClient:
@@ -160,18 +116,15 @@ def build_console_router() -> APIRouter:
 
     async def current(request: Request) -> tuple[str | None, Session | None, object | None]:
         """(sid, session, principal) — principal None when signed out or the key no longer works."""
-        sid, sess = None, None
-        for value in _cookie_values(request):
-            sess = sessions.get(value)
-            if sess is not None:
-                sid = value
-                break
-        if sess is None:
+        plat = platform(request)
+        found = await asyncio.to_thread(plat.console_sessions.find, _cookie_values(request))
+        if found is None:
             return None, None, None
+        sid, sess = found
         try:
-            p = await asyncio.to_thread(platform(request).authenticator.bearer, sess.key)
+            p = await asyncio.to_thread(plat.authenticator.bearer, sess.key)
         except WharfError:
-            sessions.drop(sid)
+            await asyncio.to_thread(plat.console_sessions.drop, sid)
             return sid, None, None
         return sid, sess, p
 
@@ -228,7 +181,8 @@ def build_console_router() -> APIRouter:
             p = await asyncio.to_thread(platform(request).authenticator.bearer, key)
         except WharfError:
             return _err(401, "invalid API key", "auth_error")
-        sid, sess = sessions.create(key, p.account_id, _cookie_values(request))
+        sid, sess = await asyncio.to_thread(platform(request).console_sessions.create, key, p.account_id,
+                                            _cookie_values(request))
         resp = JSONResponse(me_payload(p, sess), headers={"Cache-Control": "no-store"})
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/console",
                         secure=request.url.scheme == "https", max_age=SESSION_TTL_S)
@@ -239,7 +193,7 @@ def build_console_router() -> APIRouter:
         sid, sess, _ = await current(request)
         if sess is not None and not csrf_ok(request, sess):
             return _err(403, "missing or wrong CSRF token", "csrf")
-        sessions.drop(sid)
+        await asyncio.to_thread(platform(request).console_sessions.drop, sid)
         resp = JSONResponse({"signed_in": False})
         resp.delete_cookie(COOKIE, path="/console", httponly=True, samesite="strict")
         return resp
