@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = 256               # KV of repeated prompt prefixes (0: off)
 
     lexicon_path: Path | None = None         # sensitive words, one per line (default: data_dir/lexicon.txt)
+    # How often each replica checks the shared store for a new lexicon version (one tiny
+    # SELECT; a PUT on another replica is enforced here within this many seconds). 0: never.
+    lexicon_refresh_s: float = 2.0
     quota_timezone: str = "Asia/Shanghai"    # where a quota day begins
 
     # Platform defaults for accounts that set none of their own (None: unlimited).
@@ -72,7 +75,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_lexicon_path(self) -> Path:
-        """The lexicon file the server loads on start and the admin API writes to."""
+        """The lexicon file: seeds the store's lexicon on a first start; the admin API writes it too."""
         return self.lexicon_path or self.data_dir / "lexicon.txt"
 
     @property

@@ -77,6 +77,26 @@ def test_bad_input_exits_nonzero(cli, args, message):
     assert message in r.output
 
 
+def test_local_lexicon_goes_to_the_store_and_the_file(cli, tmp_path):
+    """On the local store, --set writes the shared store (which running servers poll) and
+    the lexicon file; showing it reads the store."""
+    words = tmp_path / "words.txt"
+    words.write_text("# comment\nzebra\n敏感词\n", encoding="utf-8")
+    r = cli("safety", "lexicon", "--set", str(words))
+    assert r.exit_code == 0, r.output
+    assert "2 term(s)" in r.output and "WHARF_LEXICON_REFRESH_S" in r.output
+    assert (tmp_path / "lexicon.txt").read_text(encoding="utf-8").splitlines()[1:] == ["zebra", "敏感词"]
+    store = Store.open(f"sqlite:///{tmp_path / 'wharf.db'}")
+    try:
+        from wharf.platform.lexicon_store import LexiconStore
+        stored = LexiconStore(store).read()
+        assert (stored.version, stored.terms) == (1, ["zebra", "敏感词"])
+    finally:
+        store.close()
+    (tmp_path / "lexicon.txt").write_text("stale-file-term\n", encoding="utf-8")
+    assert cli("safety", "lexicon").output.split() == ["zebra", "敏感词"]       # the store wins
+
+
 def test_bad_kind(cli):
     cli("accounts", "create", "alice")
     r = cli("keys", "create", "-a", "alice", "--kind", "password")

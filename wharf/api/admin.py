@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, PermissionDenied,
                           QuotaExceeded, RateLimited, WharfError)
 from wharf.platform.auth import Principal
+
+log = logging.getLogger("wharf.admin")
 
 STATUS = {AuthError: 401, PermissionDenied: 403, NotFound: 404, Conflict: 409, InvalidParam: 400,
           InvalidRequest: 400, QuotaExceeded: 429, RateLimited: 429}
@@ -219,6 +222,8 @@ class LexiconOut(BaseModel):
     terms: list[str]
     count: int
     path: str | None
+    # The shared store's lexicon version that this replica enforces (None: none stored yet).
+    version: int | None = None
 
 
 class MeOut(BaseModel):
@@ -426,17 +431,21 @@ def build_admin_router() -> APIRouter:
 
     @r.put("/safety/lexicon", response_model=LexiconOut)
     def put_lexicon(body: LexiconIn, request: Request, p: Principal = P):
-        """Replace the whole lexicon at once: live for the next request, and written to the
-        lexicon file so a restart keeps it. Other replicas pick it up on their next start
-        (or their own PUT)."""
+        """Replace the whole lexicon at once, in the shared store (a new version): live on
+        this replica for the next request, and on every other replica within
+        WHARF_LEXICON_REFRESH_S (default 2 s), when it next checks the version. Also
+        written to the lexicon file, which seeds the store of a fresh install."""
         _require_admin(p)
         terms = [t.strip() for t in body.terms if t.strip()]
         if any("\n" in t or "\r" in t or t.startswith("#") for t in terms):
             raise InvalidParam("a term cannot contain a line break or start with '#'", param="terms")
+        request.app.state.lexicon.replace(terms)
         path = getattr(request.app.state, "lexicon_path", None)
         if path is not None:
-            _write_lexicon(Path(path), terms)
-        request.app.state.safety.replace(terms)
+            try:
+                _write_lexicon(Path(path), terms)
+            except OSError as e:      # the store has it (and wins at every start): not worth a 500
+                log.warning("lexicon stored, but the file %s could not be written: %s", path, e)
         return _lexicon_out(request)
 
     return r
@@ -445,7 +454,9 @@ def build_admin_router() -> APIRouter:
 def _lexicon_out(request: Request) -> LexiconOut:
     terms = request.app.state.safety.terms
     path = getattr(request.app.state, "lexicon_path", None)
-    return LexiconOut(terms=terms, count=len(terms), path=str(path) if path is not None else None)
+    sync = getattr(request.app.state, "lexicon", None)
+    return LexiconOut(terms=terms, count=len(terms), path=str(path) if path is not None else None,
+                      version=sync.version if sync is not None else None)
 
 
 def _write_lexicon(path: Path, terms: list[str]) -> None:

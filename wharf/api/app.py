@@ -18,9 +18,10 @@ from wharf.api.errors import openai_error
 from wharf.api.pipeline import Pipeline
 from wharf.config import Settings
 from wharf.platform.core import Platform
+from wharf.platform.lexicon_store import LexiconSync
 from wharf.platform.limits import Limits, make_limiter
 from wharf.platform.metrics import Metrics
-from wharf.platform.safety import SafetyPolicy
+from wharf.platform.safety import SafetyPolicy, load_terms
 
 log = logging.getLogger("wharf")
 
@@ -54,7 +55,10 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     platform = platform or Platform.open(settings, model_exists=lambda name: name in registry.names())
     metrics = Metrics()
     lexicon_path = settings.resolved_lexicon_path      # WHARF_LEXICON_PATH, else data_dir/lexicon.txt
-    safety = SafetyPolicy.from_file(lexicon_path)
+    safety = SafetyPolicy()
+    # The shared store holds the lexicon; the file only seeds a store that has none yet.
+    lexicon = LexiconSync(platform.lexicon, safety)
+    lexicon.start(lambda: load_terms(lexicon_path) if lexicon_path.exists() else [])
     limiter = make_limiter(settings.redis_url)
 
     async def reconcile_forever(every: float) -> None:
@@ -69,6 +73,24 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
             except Exception as exc:        # the store may be down for a moment; try again later
                 log.warning("quota reconcile failed: %s", exc)
 
+    async def refresh_lexicon_forever(every: float) -> None:
+        """Follow lexicon changes made on other replicas (one tiny SELECT per interval,
+        off the request path)."""
+        failing = False
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await asyncio.to_thread(lexicon.refresh):
+                    log.info("safety lexicon: now version %s (%d terms)", lexicon.version, len(safety.terms))
+                if failing:
+                    log.info("safety lexicon: store reachable again")
+                failing = False
+            except Exception as exc:        # keep enforcing the lexicon we have; log once per outage
+                if not failing:
+                    log.warning("safety lexicon refresh failed (keeping the current one): %s",
+                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                failing = True
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         access = logging.getLogger("uvicorn.access")       # configured by now
@@ -76,9 +98,12 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
             access.addFilter(RedactSecrets())
         every = getattr(settings, "reconcile_interval_s", 0) or 0
         task = asyncio.create_task(reconcile_forever(every)) if every > 0 else None
+        lexicon_every = getattr(settings, "lexicon_refresh_s", 0) or 0
+        lexicon_task = asyncio.create_task(refresh_lexicon_forever(lexicon_every)) if lexicon_every > 0 else None
         yield
-        if task is not None:
-            task.cancel()
+        for t in (task, lexicon_task):
+            if t is not None:
+                t.cancel()
         limiter.close()
 
     app = FastAPI(title="Wharf", version=__version__, lifespan=lifespan,
@@ -88,6 +113,7 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     app.state.platform = platform
     app.state.metrics = metrics
     app.state.safety = safety
+    app.state.lexicon = lexicon                         # PUT /admin/api/safety/lexicon writes through it
     app.state.lexicon_path = lexicon_path               # where PUT /admin/api/safety/lexicon persists
     app.state.limiter = limiter
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,

@@ -69,14 +69,19 @@ class Local:
         return self.p.credentials.update_limits(cred_id, **limits).to_dict()
 
     def lexicon_get(self):
+        """The store's lexicon (what servers enforce); the file only while the store has none."""
         from wharf.platform.safety import load_terms
 
         path = self.settings.resolved_lexicon_path
-        return {"terms": load_terms(path) if path.exists() else [], "path": str(path)}
+        stored = self.p.lexicon.read()
+        if stored is not None:
+            return {"terms": stored.terms, "path": str(path), "version": stored.version}
+        return {"terms": load_terms(path) if path.exists() else [], "path": str(path), "version": None}
 
     def lexicon_set(self, terms):
         from wharf.api.admin import _write_lexicon
 
+        self.p.lexicon.replace(terms)
         _write_lexicon(self.settings.resolved_lexicon_path, terms)
         return self.lexicon_get()
 
@@ -409,8 +414,9 @@ def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="R
                                                                 "file's terms (one a line; '-' reads stdin).")]
                    = None,
                    server: Server = None, admin_key: AdminKey = None):
-    """Show the lexicon, or replace it with --set FILE. With --server the running server applies it
-    at once; on the local store it is written to the lexicon file and read on the next start."""
+    """Show the lexicon, or replace it with --set FILE. It is stored in the shared store (and the
+    lexicon file): the server it is sent to (--server) applies it at once, every other server on
+    the same store within WHARF_LEXICON_REFRESH_S (2 s)."""
     import sys
 
     from wharf.platform.safety import load_terms, parse_terms
@@ -426,8 +432,8 @@ def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="R
     if terms is not None:
         console.print(f"lexicon replaced: {len(out['terms'])} term(s) in {out.get('path')}", highlight=False)
         if not server:
-            console.print("[yellow]A running server reads the file on its next start; use --server to "
-                          "apply it now.[/yellow]")
+            console.print("Servers on this store enforce it within WHARF_LEXICON_REFRESH_S (default 2 s).",
+                          highlight=False)
         return
     for t in out["terms"]:
         console.print(t, highlight=False, markup=False)
