@@ -1,11 +1,13 @@
 """Two stateless gateway replicas on one PostgreSQL + one Redis, sharing WHARF_SECRET_KEY:
-whatever one replica issues (OAuth tokens, keys) works on the other, and requests spread
-over both get exactly one usage record each in the shared store. (Shared rate limits
-across processes are tested by the policy suite.)"""
+whatever one replica issues (OAuth tokens, keys, console sessions) works on the other, a
+lexicon change on one is enforced by the other within seconds, and requests spread over
+both get exactly one usage record each in the shared store. (Shared rate limits across
+processes are tested by the policy suite.)"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 import uuid
 
 import httpx
@@ -109,3 +111,101 @@ def test_requests_spread_over_both_get_one_usage_record_each(replicas):
     assert all(r["status"] == "ok" and r["completion_tokens"] >= 1 for r in records)
     # Both replicas read the same totals.
     assert b.platform.usage.records(account_id=acct.id, limit=100) == records
+
+
+# -- the safety lexicon: a PUT on A is enforced on B within WHARF_LEXICON_REFRESH_S (2 s) ----
+
+PROPAGATION_DEADLINE_S = 10
+
+
+def _openai_prompt(server, key: str, prompt: str) -> httpx.Response:
+    return httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                      json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
+
+
+def _welm_prompt(server, key: str, prompt: str) -> httpx.Response:
+    return httpx.post(server.url + "/welm/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                      timeout=120, json={"model": MODEL, "prompt": prompt, "max_tokens": 1})
+
+
+def _openai_blocked(r: httpx.Response) -> bool:
+    if r.status_code == 200:
+        return False
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "content_policy_violation", r.text
+    return True
+
+
+def _welm_blocked(r: httpx.Response) -> bool:
+    if r.status_code == 200:
+        return False
+    assert r.status_code == 400, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "error: content policy violation", r.text
+    return True
+
+
+def _until(check, what: str) -> float:
+    """Seconds until check() is true, polling; fails after PROPAGATION_DEADLINE_S."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > PROPAGATION_DEADLINE_S:
+            pytest.fail(f"{what}: not within {PROPAGATION_DEADLINE_S} s")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_lexicon_put_on_a_is_enforced_on_b(replicas):
+    a, b = replicas
+    admin = {"Authorization": f"Bearer {a.admin_key}"}
+    _, key = a.account(f"lex-rep-{uuid.uuid4().hex[:6]}")
+    word = f"quokka{uuid.uuid4().hex[:6]}"
+    prompt = f"Tell me about the {word} please"
+    assert not _openai_blocked(_openai_prompt(b, key, prompt))
+    try:
+        r = httpx.put(a.url + "/admin/api/safety/lexicon", headers=admin, json={"terms": [word, "敏感词"]})
+        assert r.status_code == 200, r.text
+        version = r.json()["version"]
+        assert _openai_blocked(_openai_prompt(a, key, prompt))                 # A at once
+        took = _until(lambda: _openai_blocked(_openai_prompt(b, key, prompt.upper())), "OpenAI block on B")
+        assert _welm_blocked(_welm_prompt(b, key, "这是敏感词吗"))               # and in another dialect
+        assert _welm_blocked(_welm_prompt(b, key, prompt))
+        seen = httpx.get(b.url + "/admin/api/safety/lexicon", headers=admin).json()
+        assert (seen["version"], seen["terms"]) == (version, [word, "敏感词"])
+        print(f"lexicon reached B {took:.1f} s after the PUT on A")
+    finally:
+        r = httpx.put(a.url + "/admin/api/safety/lexicon", headers=admin, json={"terms": []})
+        assert r.status_code == 200, r.text
+    # Removing the word unblocks it on B too.
+    _until(lambda: not _welm_blocked(_welm_prompt(b, key, prompt)), "WeLM unblock on B")
+    assert not _openai_blocked(_openai_prompt(b, key, prompt))
+
+
+# -- console sessions: signed in on A, used and ended on B ---------------------------------
+
+def _console(server, method: str, path: str, sid: str, csrf: str | None = None, **kw) -> httpx.Response:
+    headers = {"Cookie": f"wharf_console={sid}", **({"X-CSRF-Token": csrf} if csrf else {})}
+    return httpx.request(method, server.url + path, headers=headers, timeout=30, **kw)
+
+
+def test_console_session_from_a_works_on_b_and_sign_out_on_b_ends_it_on_a(replicas):
+    a, b = replicas
+    acct, key = a.account(f"console-rep-{uuid.uuid4().hex[:6]}")
+    r = httpx.post(a.url + "/console/session", json={"api_key": key}, timeout=30)
+    assert r.status_code == 200, r.text
+    sid, csrf = r.cookies["wharf_console"], r.json()["csrf"]
+    assert key not in r.text
+    # B knows the session: a read, and a state change with the CSRF token (refused without).
+    me = _console(b, "GET", "/console/session", sid).json()
+    assert me["signed_in"] is True and me["csrf"] == csrf and me["account"]["id"] == acct.id
+    assert _console(b, "GET", "/console/api/admin/me", sid).json()["account"]["id"] == acct.id
+    body = {"kind": "api_key", "label": "made through B's console"}
+    assert _console(b, "POST", "/console/api/admin/credentials", sid, json=body).status_code == 403
+    made = _console(b, "POST", "/console/api/admin/credentials", sid, csrf, json=body)
+    assert made.status_code == 201, made.text
+    assert _console(a, "GET", "/console/api/usage-series?days=1", sid).status_code == 200
+    # Signed out on B: gone on A too.
+    out = _console(b, "DELETE", "/console/session", sid, csrf)
+    assert out.status_code == 200 and out.json() == {"signed_in": False}
+    assert _console(a, "GET", "/console/session", sid).json() == {"signed_in": False}
+    gone = _console(a, "GET", "/console/api/admin/me", sid)
+    assert gone.status_code == 401 and gone.json()["error"]["type"] == "auth_error"
