@@ -114,3 +114,17 @@ def test_concurrent_seeds_store_one(db_url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_file_that_differs_from_the_store_is_reported_at_start(platform, caplog):
+    platform.lexicon.replace(["stored"])
+    sync, policy = replica(platform.store)
+    with caplog.at_level("WARNING", logger="wharf.safety"):
+        sync.start(lambda: ["edited by hand"])
+    assert policy.terms == ["stored"]                  # the store still wins...
+    assert "differs from the shared store" in caplog.text   # ...and the operator is told
+    caplog.clear()
+    sync2, _ = replica(platform.store)
+    with caplog.at_level("WARNING", logger="wharf.safety"):
+        sync2.start(lambda: ["stored"])
+    assert "differs" not in caplog.text

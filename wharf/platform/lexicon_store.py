@@ -10,6 +10,7 @@ WHARF_LEXICON_REFRESH_S from a background task, never on the request path.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from wharf.platform.models import SafetyLexicon, utcnow
 from wharf.platform.safety import SafetyPolicy
 from wharf.platform.store import Store
 
+log = logging.getLogger("wharf.safety")
 ROW_ID = 1
 
 _T = SafetyLexicon.__table__
@@ -98,11 +100,16 @@ class LexiconSync:
         `seed_terms()` (the lexicon file of an install that predates the shared store)."""
         with self._lock:
             stored = self.book.read()
+            terms = seed_terms()
             if stored is None:
-                terms = seed_terms()
                 if not terms:                    # nothing to share yet: store nothing
                     return
                 stored = self.book.seed(terms)
+            elif terms and set(terms) != set(stored.terms):
+                # A hand-edited file no longer applies by itself: say so, once, at start.
+                log.warning("the lexicon file differs from the shared store's (version %s, %d terms); "
+                            "the store wins. Apply the file with: wharf safety lexicon --set FILE",
+                            stored.version, len(stored.terms))
             self._apply(stored)
 
     def refresh(self) -> bool:
