@@ -226,12 +226,15 @@ async def run_load(url: str, key: str | None, prompts: list[str], max_tokens: in
     return res
 
 
-GATEWAY_PROMPTS = [f"Hello {i}" for i in range(33)]
+GATEWAY_PROMPTS = [f"Hello {i}" for i in range(25)]
+GATEWAY_ROUNDS = 8
 
 
-def direct_engine_latencies(dtype: str, quantize: str) -> list[float]:
-    """In a process of its own, built exactly as `wharf serve` builds it (threads,
-    dtype, quantization, capacity): seconds per 1-token request, engine called directly."""
+def direct_engine_server(dtype: str, quantize: str) -> None:
+    """The twin engine, in a process of its own, built exactly as `wharf serve` builds it
+    (threads, dtype, quantization, capacity). Each line on stdin asks for one round: the
+    GATEWAY_PROMPTS as 1-token requests, the engine called directly; it answers with one
+    JSON line of seconds per request. EOF ends it."""
     from wharf.config import Settings
     from wharf.engine.registry import build_engine, default_spec, set_threads
     from wharf.engine.types import GenerationRequest, SamplingParams
@@ -243,7 +246,7 @@ def direct_engine_latencies(dtype: str, quantize: str) -> list[float]:
                           max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
                           prefill_threads=settings.prefill_threads, prefix_cache_mb=settings.prefix_cache_mb)
 
-    async def run() -> list[float]:
+    async def one_round() -> list[float]:
         out = []
         for prompt in GATEWAY_PROMPTS:
             t0 = time.perf_counter()
@@ -252,36 +255,71 @@ def direct_engine_latencies(dtype: str, quantize: str) -> list[float]:
                 pass
             out.append(time.perf_counter() - t0)
         return out
+
+    loop = asyncio.new_event_loop()
     try:
-        return asyncio.run(run())[3:]
+        print("ready", flush=True)
+        for _ in sys.stdin:
+            print(json.dumps(loop.run_until_complete(one_round())), flush=True)
     finally:
         engine.shutdown()
+        loop.close()
 
 
-async def http_latencies(url: str, key: str) -> list[float]:
+async def http_round(client: httpx.AsyncClient, key: str) -> list[float]:
     out = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        for prompt in GATEWAY_PROMPTS:
-            t0 = time.perf_counter()
-            r = await client.post("/v1/completions", headers=_auth(key),
-                                  json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
-            out.append(time.perf_counter() - t0)
-            assert r.status_code == 200, r.text
-    return out[3:]
+    for prompt in GATEWAY_PROMPTS:
+        t0 = time.perf_counter()
+        r = await client.post("/v1/completions", headers=_auth(key),
+                              json={"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
+        out.append(time.perf_counter() - t0)
+        assert r.status_code == 200, r.text
+    return out
 
 
 def gateway_overhead(url: str, key: str, args, cache: Path) -> dict:
-    """p50 latency of a 1-token request: the engine called directly (in a twin process
-    that shares nothing with this one's threads) vs the full HTTP path of the server."""
+    """p50 latency of a 1-token request: the engine called directly (a twin process that
+    shares nothing with this one's threads) vs the full HTTP path of the server.
+
+    The two alternate, round by round (GATEWAY_ROUNDS x len(GATEWAY_PROMPTS) requests
+    each, the same prompts), so drift in the machine's speed hits both alike; the first
+    round of each is a warm-up. The overhead is the median of the per-round differences
+    of medians (paired), next to the difference of the overall medians."""
     env = {**os.environ, "WHARF_MODEL_CACHE_DIR": str(cache)}
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench; "
-            f"print(json.dumps(bench.direct_engine_latencies({args.dtype!r}, {args.quantize!r})))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    direct = json.loads(out.stdout.strip().splitlines()[-1])
-    http = asyncio.run(http_latencies(url, key))
-    return {"engine direct p50 ms": round(statistics.median(direct) * 1000, 2),
-            "HTTP full path p50 ms": round(statistics.median(http) * 1000, 2),
-            "gateway overhead p50 ms": round((statistics.median(http) - statistics.median(direct)) * 1000, 2)}
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench; "
+            f"bench.direct_engine_server({args.dtype!r}, {args.quantize!r})")
+    twin = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        while twin.stdout.readline().strip() != "ready":
+            if twin.poll() is not None:
+                raise RuntimeError("the twin engine did not start")
+
+        def direct_round() -> list[float]:
+            twin.stdin.write("round\n")
+            twin.stdin.flush()
+            return json.loads(twin.stdout.readline())
+
+        async def rounds() -> tuple[list[list[float]], list[list[float]]]:
+            direct, http = [], []
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                for _ in range(GATEWAY_ROUNDS + 1):
+                    direct.append(direct_round())
+                    http.append(await http_round(client, key))
+            return direct[1:], http[1:]
+
+        direct, http = asyncio.run(rounds())
+    finally:
+        twin.stdin.close()
+        twin.wait(60)
+    med = statistics.median
+    paired = [med(h) - med(d) for d, h in zip(direct, http)]
+    all_direct, all_http = [x for r in direct for x in r], [x for r in http for x in r]
+    return {"engine direct p50 ms": round(med(all_direct) * 1000, 2),
+            "HTTP full path p50 ms": round(med(all_http) * 1000, 2),
+            "gateway overhead p50 ms": round((med(all_http) - med(all_direct)) * 1000, 2),
+            "gateway overhead, paired rounds, median ms": round(med(paired) * 1000, 2),
+            "per-round overhead ms": [round(p * 1000, 2) for p in paired]}
 
 
 def free_port() -> int:
@@ -414,6 +452,8 @@ def main() -> None:
     ap.add_argument("--quantize", default="none", help="none or int8 (the server's and the in-process engine's)")
     ap.add_argument("--llama-cpp", action="store_true",
                     help="also run llama-cpp-python's server on the same GGUF (pip install 'wharf[llamacpp]')")
+    ap.add_argument("--gateway-only", action="store_true",
+                    help="only the gateway-overhead comparison (no baseline, no load levels)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = ap.parse_args()
     if args.llama_cpp and llama_cpp_version() is None:
@@ -435,6 +475,9 @@ def main() -> None:
         plat = Platform.open(Settings(data_dir=data_dir))
         acct = plat.accounts.create("bench")
         key = plat.credentials.create(acct.id, "api_key").secret
+        if args.gateway_only:
+            print(json.dumps(gateway_overhead(url, key, args, cache)))
+            return
 
         print("baseline: transformers generate, sequential ...", flush=True)
         baseline = run_baseline(folder, prompts[:args.baseline_requests], args.max_tokens, args.dtype)
