@@ -106,3 +106,21 @@ def test_int8_refusals(model_cache_dir, hf_model, engine, tmp_path):
         build_engine(ModelSpec(name="tiny-neox", path=tmp_path / "neox"), dtype="float32", quantize="int8",
                      cache_dir=tmp_path / "cache", max_batch_size=2, max_model_len=64, max_queue=2,
                      prefill_chunk=32)
+
+
+def test_int8_loads_float32_whatever_auto_picks(model_cache_dir):
+    # dtype "auto" is bfloat16 on a CPU with native bf16; fbgemm's int8 matmuls need float32
+    # activations, so an int8 engine loads float32 there too, and serves.
+    eng = make_engine(model_cache_dir, dtype="auto", quantize="int8", max_batch_size=2)
+    try:
+        assert eng.info.dtype == "float32" and eng.info.quantize == "int8"
+
+        async def go():
+            req = GenerationRequest(model="smol", prompt="北京是", sampling=SamplingParams(max_tokens=4, temperature=0))
+            return [c async for c in eng.generate(req)]
+        chunks = run_async(go())
+        assert chunks[-1].finish_reason is not None and chunks[-1].completion_tokens == 4
+    finally:
+        eng.shutdown()
+    with pytest.raises(ValueError, match="computes in float32"):
+        make_engine(model_cache_dir, dtype="bfloat16", quantize="int8")

@@ -28,6 +28,7 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
                  prefill_threads: int | None = None, prefix_cache_mb: int = 256,
                  log=lambda m: None) -> Engine:
+    dtype = int8.weights_dtype(dtype, quantize)
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
     window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
@@ -104,15 +105,16 @@ def load_registry(specs: list[ModelSpec], aliases: dict[str, str], **engine_kw) 
     return registry
 
 
-def load_upstream_registry(url: str, *, api_key: str | None, models: dict[str, str],
+def load_upstream_registry(urls: str | list[str], *, api_key: str | None, models: dict[str, str],
                            aliases: dict[str, str], default_context: int, tokenizer: str | None = None,
                            read_timeout: float = 600.0, log=lambda m: None) -> ModelRegistry:
-    """One UpstreamEngine per upstream model (GET {url}/v1/models); no weights are loaded.
+    """One UpstreamEngine per upstream model (GET {url}/v1/models on each replica), all
+    balanced over the replicas that serve it; no weights are loaded.
     `models`: local NAME -> upstream id (empty: all of them, under their own ids)."""
     from wharf.engine.backends.upstream import build_upstream_engines
 
     engines, upstream_aliases = build_upstream_engines(
-        url, api_key=api_key, models=models, default_context=default_context, tokenizer=tokenizer,
+        urls, api_key=api_key, models=models, default_context=default_context, tokenizer=tokenizer,
         read_timeout=read_timeout, log_fn=log)
     registry = ModelRegistry()
     for engine in engines:

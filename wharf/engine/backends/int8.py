@@ -1,7 +1,7 @@
 """Int8 weights for the CPU runner: fbgemm's dynamic-int8 matmul, with SmoothQuant.
 
 fbgemm multiplies int8 weights (one scale per output row) by activations it quantizes
-on the fly, per tensor, to 7 bits. On this 2-core AVX2 CPU that is 2-4x faster than
+on the fly, per tensor, to 8 bits (7 on a CPU without VNNI). On a 2-core AVX2 CPU that is 2-4x faster than
 fp32 MKL and reads 4x fewer weight bytes per decode step (bench/README.md); torch's
 weight-only int8 and `_int_mm` kernels are 5-50x slower than fp32 here, so this is
 the one fast int8 path.
@@ -47,6 +47,29 @@ def check(quantize: str) -> str:
     return quantize
 
 
+def weights_dtype(dtype: str, quantize: str) -> str:
+    """The dtype to load a model in for `quantize`: fbgemm's int8 matmuls take float32
+    activations, so int8 loads float32 ("auto" would pick bfloat16 on a CPU with native
+    bf16, and every matmul would then fail on a dtype mismatch)."""
+    if check(quantize) == "none":
+        return dtype
+    if dtype not in ("auto", "float32", "fp32"):
+        raise ValueError(f"int8 quantization computes in float32; dtype {dtype!r} cannot be combined "
+                         "with it (use dtype auto or float32)")
+    return "float32"
+
+
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """VNNI (AVX512-VNNI or AVX-VNNI) sums int8 products in int32; without it fbgemm's
+    AVX2 kernels go through int16 pairs, which 8-bit activations can saturate."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize: str = "none") -> Linear:
     """x -> x @ weight.T + bias, as fp32 F.linear or as fbgemm's dynamic-int8 matmul."""
     if check(quantize) == "none":
@@ -58,8 +81,9 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize
         qweight = torch.quantize_per_channel(w, scales, torch.zeros(w.shape[0], dtype=torch.long), 0,
                                              torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
-    # reduce_range: 7-bit activations, as AVX2 without VNNI needs (8 bits saturate its int16 sums).
-    return functools.partial(torch.ops.quantized.linear_dynamic, W_prepack=packed, reduce_range=True)
+    # reduce_range: 7-bit activations, as AVX2 without VNNI needs (8 bits saturate its int16
+    # sums); with VNNI all 8 bits.
+    return functools.partial(torch.ops.quantized.linear_dynamic, W_prepack=packed, reduce_range=not cpu_has_vnni())
 
 
 @torch.inference_mode()
