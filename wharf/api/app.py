@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import re
@@ -167,11 +168,20 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
 
     @app.get("/engine/stats", tags=["ops"])
     async def engine_stats():
-        return {e.info.name: {**vars(e.stats()), "context_length": e.info.context_length,
+        return {e.info.name: {**engine_stats_fields(e.stats()), "context_length": e.info.context_length,
                               "backend": e.info.backend, "identity": e.info.identity}
                 for e in engines}
 
     return app
+
+
+def engine_stats_fields(stats) -> dict:
+    """An EngineStats as JSON fields; `upstreams` (the upstream backend's replicas) only
+    where there are any, so other backends' stats keep their shape."""
+    fields = dataclasses.asdict(stats)
+    if fields.get("upstreams") is None:
+        fields.pop("upstreams", None)
+    return fields
 
 
 class RedactSecrets(logging.Filter):

@@ -83,6 +83,18 @@ class ModelInfo:
 
 
 @dataclass
+class UpstreamStats:
+    """One replica behind the upstream backend; counts are this gateway's, all models."""
+
+    url: str
+    healthy: bool
+    in_flight: int = 0
+    requests: int = 0        # attempts sent to it (a failed-over request counts on each)
+    failures: int = 0        # attempts it failed: unreachable, 5xx/429, broken stream
+    models: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EngineStats:
     waiting: int = 0
     running: int = 0
@@ -91,3 +103,4 @@ class EngineStats:
     tokens_per_second: float = 0.0   # recent decode throughput
     prefix_cache_hits: int = 0       # requests whose prompt began with a cached prefix
     prefix_cache_tokens: int = 0     # prompt tokens not prefilled thanks to it
+    upstreams: list[UpstreamStats] | None = None   # upstream backend only: its replicas

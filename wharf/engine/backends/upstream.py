@@ -1,10 +1,12 @@
 """Upstream backend: forward generation to any OpenAI-compatible engine over HTTP.
 
-`wharf serve --backend upstream --upstream-url URL` keeps the gateway stateless: the
-dialects, authentication, limits, quotas, safety and usage all run here exactly as with
-the embedded engine (the policy pipeline only sees an object with the Engine
-interface), while tokens are produced by vLLM, SGLang, TGI, a llama.cpp server, Ray
-Serve or another Wharf behind it.
+`wharf serve --backend upstream --upstream-url URL [--upstream-url URL ...]` keeps the
+gateway stateless: the dialects, authentication, limits, quotas, safety and usage all
+run here exactly as with the embedded engine (the policy pipeline only sees an object
+with the Engine interface), while tokens are produced by vLLM, SGLang, TGI, a llama.cpp
+server, Ray Serve or another Wharf behind it. With several URLs (replicas of one engine), each
+request goes to the least busy healthy replica that serves its model (upstream_pool.py),
+and fails over to the next one while nothing has been streamed to the caller yet.
 
 Token counts. The gateway needs a prompt size before it sends anything (window check,
 quota reservation, rate-limit tokens). With `upstream_tokenizer` set (a Hugging Face
@@ -19,16 +21,18 @@ after that carries the upstream's prompt_tokens too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 
 from wharf.engine.engine import PreparedRequest, fit_window
+from wharf.engine.backends.upstream_pool import UpstreamModel, UpstreamPool, model_cards
+from wharf.engine.backends.upstream_pool import auth_headers as _headers
 from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, NotFound, Overloaded, Timeout, WharfError
@@ -49,8 +53,14 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
-def _headers(api_key: str | None) -> dict:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+class UpstreamUnavailable(Overloaded):
+    """Overloaded, raised by one replica before it produced anything, so another replica
+    may take the request: unreachable (`down`: it is marked down), 502/503/429, or the
+    connection closed early. Clients see it as any Overloaded."""
+
+    def __init__(self, message: str, *, down: bool = False):
+        super().__init__(message)
+        self.down = down
 
 
 def _message(body: bytes | str) -> str:
@@ -85,7 +95,11 @@ def error_for_status(status: int, body: bytes | str) -> WharfError:
         return Internal("the upstream engine refused the gateway's credentials")
     if status == 504 or status == 408:
         return Timeout("the upstream engine timed out")
-    if status == 429 or status >= 500:
+    if status in (429, 502, 503):
+        # This replica is full or its proxy has no engine behind it; another may not be.
+        return UpstreamUnavailable(f"the upstream engine is unavailable ({status})")
+    if status >= 500:
+        # A 500 is likely this request's own doing: another replica would fail it too.
         return Overloaded(f"the upstream engine is unavailable ({status})")
     return InvalidParam(msg)
 
@@ -104,18 +118,8 @@ def _stream_error(data: dict) -> WharfError:
                 "context_length_exceeded") or code in (400, 422):
         return InvalidParam(msg)
     if kind in ("overloaded", "rate_limited") or code in (429, 503):
-        return Overloaded(msg)
+        return UpstreamUnavailable(msg)
     return Overloaded(f"upstream error: {msg}")
-
-
-@dataclass
-class UpstreamModel:
-    """One entry of the upstream's /v1/models."""
-
-    id: str
-    root: str
-    max_model_len: int | None = None
-    parent: str | None = None
 
 
 def discover(url: str, api_key: str | None = None, timeout: float = 10.0) -> list[UpstreamModel]:
@@ -127,15 +131,10 @@ def discover(url: str, api_key: str | None = None, timeout: float = 10.0) -> lis
         raise RuntimeError(f"cannot reach upstream {url}: {exc}") from exc
     if r.status_code != 200:
         raise RuntimeError(f"upstream {url}/v1/models answered {r.status_code}: {_message(r.content)}")
-    out = []
-    for card in r.json().get("data", []):
-        if not isinstance(card, dict) or not card.get("id"):
-            continue
-        mml = card.get("max_model_len") or card.get("context_length") or card.get("context_size")
-        out.append(UpstreamModel(id=str(card["id"]), root=str(card.get("root") or card["id"]),
-                                 max_model_len=int(mml) if isinstance(mml, (int, float)) and mml > 0 else None,
-                                 parent=card.get("parent")))
-    return out
+    try:
+        return model_cards(r.json())
+    except ValueError as exc:
+        raise RuntimeError(f"upstream {url}/v1/models answered no JSON: {exc}") from exc
 
 
 def load_tokenizer(name_or_path: str | None):
@@ -147,20 +146,16 @@ def load_tokenizer(name_or_path: str | None):
 
 
 class UpstreamEngine:
-    """The Engine interface (wharf.engine.engine.Engine) over a remote OpenAI-compatible API."""
+    """The Engine interface (wharf.engine.engine.Engine) over remote OpenAI-compatible
+    APIs: one model, served by one or more replicas of `pool` (shared by all models)."""
 
-    def __init__(self, base_url: str, upstream_model: str, info: ModelInfo, *, api_key: str | None = None,
-                 tokenizer=None, connect_timeout: float = 5.0, read_timeout: float = 600.0,
-                 max_connections: int | None = None):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, pool: UpstreamPool, upstream_model: str, info: ModelInfo, *, tokenizer=None,
+                 read_timeout: float = 600.0):
+        self.pool = pool
         self.upstream_model = upstream_model
         self.info = info
-        self.api_key = api_key
         self.tokenizer = tokenizer
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop = None
+        self.read_timeout = read_timeout
         self.running = 0
         self.meter = TokenMeter()
         self._closed = False
@@ -231,22 +226,56 @@ class UpstreamEngine:
             body["logprobs"] = p.logprobs
         return "/v1/completions", body
 
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url, headers=_headers(self.api_key),
-                limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=64))
-            self._client_loop = loop
-        return self._client
-
     async def generate(self, prepared: PreparedRequest | GenerationRequest) -> AsyncIterator[Chunk]:
-        """Stream chunks of every choice from the upstream; raises Overloaded, Timeout,
-        InvalidParam (upstream 4xx). Closing this generator closes the upstream stream."""
+        """Stream chunks of every choice from one replica; raises Overloaded, Timeout,
+        InvalidParam (upstream 4xx). Closing this generator closes the upstream stream.
+
+        Failover: a replica that fails before the first chunk reached the caller
+        (UpstreamUnavailable) is replaced by the next healthy one, each replica at most once,
+        within the request's deadline. After a chunk has been yielded the error is raised:
+        a second replica would repeat text the client already has."""
         if isinstance(prepared, GenerationRequest):
             prepared = self.prepare(prepared)
         if self._closed:
             raise Overloaded("the engine is shutting down")
+        self.pool.start_probing()
+        tried: list = []
+        failure: UpstreamUnavailable | None = None
+        self.running += 1
+        try:
+            while True:
+                member = self.pool.acquire(self.upstream_model, exclude=tried)
+                if member is None:
+                    if failure is not None:
+                        raise failure
+                    log.warning("no healthy upstream serves %s (%s)", self.upstream_model,
+                                ", ".join(f"{s.url} {'up' if s.healthy else 'down'}" for s in self.pool.stats()))
+                    raise Overloaded("no upstream engine for this model is up")
+                tried.append(member)
+                yielded, failed, down = False, False, False
+                try:
+                    async with contextlib.aclosing(self._stream(self.pool.client(member), prepared)) as chunks:
+                        async for chunk in chunks:
+                            yielded = True
+                            yield chunk
+                    return
+                except UpstreamUnavailable as exc:
+                    failed, down = True, exc.down
+                    if yielded:
+                        raise
+                    failure = exc
+                    log.warning("upstream %s failed %s before its first token (%s); trying another",
+                                member.url, prepared.request.request_id, exc)
+                except (Overloaded, Timeout, Internal):
+                    failed = True
+                    raise
+                finally:
+                    self.pool.release(member, failed=failed, down=down)
+        finally:
+            self.running -= 1
+
+    async def _stream(self, client: httpx.AsyncClient, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
+        """One attempt on one replica: the OpenAI stream translated into Chunks."""
         req = prepared.request
         n = req.sampling.n
         path, body = self.body(prepared)
@@ -263,79 +292,78 @@ class UpstreamEngine:
                 raise Timeout("the request ran past its deadline")
             return min(left, self.read_timeout)
 
-        self.running += 1
+        timeout = httpx.Timeout(remaining(), connect=min(self.pool.connect_timeout, remaining()))
         try:
-            timeout = httpx.Timeout(remaining(), connect=min(self.connect_timeout, remaining()))
-            try:
-                async with self._http().stream("POST", path, json=body, timeout=timeout) as resp:
-                    if resp.status_code != 200:
-                        raise error_for_status(resp.status_code, await resp.aread())
-                    lines = resp.aiter_lines()
-                    while True:
-                        try:
-                            line = await asyncio.wait_for(lines.__anext__(), remaining())
-                        except StopAsyncIteration:
-                            break
-                        except asyncio.TimeoutError:
-                            raise Timeout("the upstream engine did not answer before the deadline") from None
-                        if not line.startswith("data:"):
+            async with client.stream("POST", path, json=body, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    raise error_for_status(resp.status_code, await resp.aread())
+                lines = resp.aiter_lines()
+                while True:
+                    try:
+                        line = await asyncio.wait_for(lines.__anext__(), remaining())
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.TimeoutError:
+                        raise Timeout("the upstream engine did not answer before the deadline") from None
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    try:
+                        data = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if not isinstance(data, dict):
+                        continue
+                    if "error" in data or data.get("object") == "error":
+                        raise _stream_error(data)
+                    usage = data.get("usage")
+                    for choice in data.get("choices") or []:
+                        i = int(choice.get("index", 0))
+                        if not 0 <= i < n:
                             continue
-                        payload = line[5:].strip()
-                        if payload == "[DONE]":
-                            break
-                        try:
-                            data = json.loads(payload)
-                        except ValueError:
-                            continue
-                        if not isinstance(data, dict):
-                            continue
-                        if "error" in data or data.get("object") == "error":
-                            raise _stream_error(data)
-                        usage = data.get("usage")
-                        for choice in data.get("choices") or []:
-                            i = int(choice.get("index", 0))
-                            if not 0 <= i < n:
-                                continue
-                            if chat:
-                                text = (choice.get("delta") or {}).get("content") or ""
-                            else:
-                                text = choice.get("text") or ""
-                            logprobs = self._logprobs(choice.get("logprobs"), chat)
-                            ntok = len(logprobs) if logprobs else (1 if text else 0)
-                            counted[i] += ntok
-                            self.meter.add(ntok)
-                            finish = choice.get("finish_reason")
-                            if text or logprobs:
-                                yield Chunk(index=i, text=text, logprobs=logprobs, prompt_tokens=prompt_tokens,
-                                            completion_tokens=counted[i])
-                            if finish:
-                                held[i] = Chunk(index=i, finish_reason=FINISH.get(str(finish), FinishReason.STOP),
-                                                prompt_tokens=prompt_tokens, completion_tokens=counted[i])
-                        if usage:
-                            prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)
-                            total = usage.get("completion_tokens")
-                            if isinstance(total, int) and total >= 0:
-                                counted = _distribute(total, counted)
-            except httpx.TimeoutException as exc:
-                if isinstance(exc, httpx.ConnectTimeout):
-                    raise Overloaded("the upstream engine is unreachable (connect timeout)") from None
-                if isinstance(exc, httpx.PoolTimeout):
-                    raise Overloaded("too many requests in flight to the upstream engine") from None
-                raise Timeout("the upstream engine did not answer in time") from None
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
-                    httpx.NetworkError) as exc:
-                raise Overloaded(f"the upstream engine is unavailable ({type(exc).__name__})") from None
-            # Final chunks, now with the upstream's real token counts.
-            for i in range(n):
-                finish = held.get(i)
-                reason = finish.finish_reason if finish else FinishReason.STOP
-                if finish is None:
-                    log.warning("upstream stream for %s ended without a finish_reason for choice %d",
-                                req.request_id, i)
-                yield Chunk(index=i, finish_reason=reason, prompt_tokens=prompt_tokens,
-                            completion_tokens=counted[i])
-        finally:
-            self.running -= 1
+                        if chat:
+                            text = (choice.get("delta") or {}).get("content") or ""
+                        else:
+                            text = choice.get("text") or ""
+                        logprobs = self._logprobs(choice.get("logprobs"), chat)
+                        ntok = len(logprobs) if logprobs else (1 if text else 0)
+                        counted[i] += ntok
+                        self.meter.add(ntok)
+                        finish = choice.get("finish_reason")
+                        if text or logprobs:
+                            yield Chunk(index=i, text=text, logprobs=logprobs, prompt_tokens=prompt_tokens,
+                                        completion_tokens=counted[i])
+                        if finish:
+                            held[i] = Chunk(index=i, finish_reason=FINISH.get(str(finish), FinishReason.STOP),
+                                            prompt_tokens=prompt_tokens, completion_tokens=counted[i])
+                    if usage:
+                        prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)
+                        total = usage.get("completion_tokens")
+                        if isinstance(total, int) and total >= 0:
+                            counted = _distribute(total, counted)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise UpstreamUnavailable("the upstream engine is unreachable (connect timeout)", down=True) from None
+            if isinstance(exc, httpx.PoolTimeout):
+                raise UpstreamUnavailable("too many requests in flight to the upstream engine") from None
+            raise Timeout("the upstream engine did not answer in time") from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
+                httpx.NetworkError) as exc:
+            # Refused or unresolvable: the replica is down. Closed or reset mid-request: it
+            # may have died, or only this connection did; the next connect will tell.
+            raise UpstreamUnavailable(f"the upstream engine is unavailable ({type(exc).__name__})",
+                                      down=isinstance(exc, httpx.ConnectError)) from None
+        # Final chunks, now with the upstream's real token counts.
+        for i in range(n):
+            finish = held.get(i)
+            reason = finish.finish_reason if finish else FinishReason.STOP
+            if finish is None:
+                log.warning("upstream stream for %s ended without a finish_reason for choice %d",
+                            req.request_id, i)
+            yield Chunk(index=i, finish_reason=reason, prompt_tokens=prompt_tokens,
+                        completion_tokens=counted[i])
 
     @staticmethod
     def _logprobs(lp, chat: bool) -> list[TokenLogprob] | None:
@@ -360,17 +388,13 @@ class UpstreamEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(waiting=0, running=self.running, max_batch_size=0,
-                           generated_tokens=self.meter.total, tokens_per_second=self.meter.per_second())
+                           generated_tokens=self.meter.total, tokens_per_second=self.meter.per_second(),
+                           upstreams=self.pool.stats())
 
     def shutdown(self) -> None:
-        """Refuse new work and drop the connection pool (its loop may already be gone)."""
+        """Refuse new work; stop the pool's probes and connections (shared: idempotent)."""
         self._closed = True
-        client, self._client = self._client, None
-        if client is None:
-            return
-        loop = self._client_loop
-        if loop is not None and loop.is_running() and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
+        self.pool.shutdown()
 
 
 def _distribute(total: int, counted: list[int]) -> list[int]:
@@ -387,30 +411,62 @@ def _distribute(total: int, counted: list[int]) -> list[int]:
     return out
 
 
-def build_upstream_engines(url: str, *, api_key: str | None, models: dict[str, str] | None,
+def build_upstream_engines(urls: str | list[str], *, api_key: str | None, models: dict[str, str] | None,
                            default_context: int, tokenizer: str | None = None, read_timeout: float = 600.0,
                            log_fn=lambda m: None) -> tuple[list[UpstreamEngine], dict[str, str]]:
-    """Discover the upstream's models and build one engine per model.
+    """Discover the models of every upstream replica and build one engine per model, all
+    on one UpstreamPool.
 
-    `models`: local NAME -> upstream id to expose (empty: every upstream model under its
-    own id). Returns (engines, aliases) where aliases are the upstream's own aliases
-    (cards with a `parent` and the parent's root) re-created locally."""
-    cards = discover(url, api_key)
-    if not cards:
-        raise RuntimeError(f"upstream {url} lists no models")
-    by_id = {c.id: c for c in cards}
+    At least one replica must answer; the others are logged as down and join when the
+    pool's probe reaches them. A model's card (root, parent) comes from the first replica
+    that lists it, its window is the smallest any replica reports; a replica listing the
+    same id with other weights is not used for it. `models`: local NAME -> upstream id to
+    expose (empty: every upstream model under its own id). Returns (engines, aliases) where
+    aliases are the upstream's own aliases (cards with a `parent` and the parent's root)
+    re-created locally."""
+    pool = UpstreamPool([urls] if isinstance(urls, str) else urls, api_key=api_key)
+    by_id: dict[str, UpstreamModel] = {}
+    windows: dict[str, list[int]] = {}
+    serving: dict[str, list[str]] = {}
+    errors, answered = [], []
+    for member in pool.members:
+        try:
+            cards = discover(member.url, api_key)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+            pool.mark_down(member)
+            continue
+        answered.append(member.url)
+        pool.mark_up(member, cards)
+        for c in cards:
+            first = by_id.setdefault(c.id, c)
+            if first.root != c.root:
+                log_fn(f"upstream {member.url} serves {c.id} as {c.root}, not {first.root}: not used for it")
+                continue
+            serving.setdefault(c.id, []).append(member.url)
+            if c.max_model_len:
+                windows.setdefault(c.id, []).append(c.max_model_len)
+    if not answered:
+        raise RuntimeError("; ".join(errors))
+    for error in errors:
+        log_fn(f"{error} (it joins when it answers)")
+    one = len(answered) == 1
+    where = f"upstream {answered[0]}" if one else "upstreams " + ", ".join(answered)
+    if not by_id:
+        raise RuntimeError(f"{where} {'lists' if one else 'list'} no models")
+    pool.expected_roots = {c.id: c.root for c in by_id.values()}
     tok = load_tokenizer(tokenizer)
     aliases: dict[str, str] = {}
     if models:
         wanted = {}
         for name, upstream_id in models.items():
             if upstream_id not in by_id:
-                raise RuntimeError(f"upstream {url} has no model {upstream_id!r} (it lists: "
-                                   f"{', '.join(sorted(by_id))})")
+                raise RuntimeError(f"{where} {'has' if one else 'have'} no model {upstream_id!r} "
+                                   f"({'it lists' if one else 'they list'}: {', '.join(sorted(by_id))})")
             wanted[name] = by_id[upstream_id]
     else:
         wanted = {}
-        for c in cards:
+        for c in by_id.values():
             parent = by_id.get(c.parent) if c.parent else None
             if parent is not None and parent.root == c.root:
                 aliases[c.id] = parent.id     # a Wharf alias: same weights under another name
@@ -418,10 +474,10 @@ def build_upstream_engines(url: str, *, api_key: str | None, models: dict[str, s
                 wanted[c.id] = c
     engines = []
     for name, card in wanted.items():
-        info = ModelInfo(name=name, identity=card.root, path=f"{url.rstrip('/')}#{card.id}", backend="upstream",
-                         context_length=card.max_model_len or default_context, dtype="n/a")
-        engines.append(UpstreamEngine(url, card.id, info, api_key=api_key, tokenizer=tok,
-                                      read_timeout=read_timeout))
-        log_fn(f"upstream model {name} -> {url} ({card.id}, {card.root})")
+        window = min(windows.get(card.id) or [default_context])
+        info = ModelInfo(name=name, identity=card.root, path=f"{','.join(serving[card.id])}#{card.id}",
+                         backend="upstream", context_length=window, dtype="n/a")
+        engines.append(UpstreamEngine(pool, card.id, info, tokenizer=tok, read_timeout=read_timeout))
+        log_fn(f"upstream model {name} -> {', '.join(serving[card.id])} ({card.id}, {card.root})")
     aliases = {a: t for a, t in aliases.items() if t in wanted}
     return engines, aliases
