@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     load_default_model: bool = True
 
     backend: str = "torch"                   # torch | vllm | upstream
+    # Base URL of the upstream engine, or several replicas of it separated by commas
+    # (`--upstream-url` repeated joins them so). A plain str, not a list: pydantic-settings
+    # would read a list from the environment as JSON, and one URL must keep working as is.
     upstream_url: str | None = None
     upstream_api_key: str | None = None      # bearer key the gateway sends to the upstream engine
     upstream_tokenizer: str | None = None    # HF tokenizer folder for exact prompt counts (else estimated)
@@ -72,6 +75,12 @@ class Settings(BaseSettings):
     reconcile_on_start: str = "auto"
     reconcile_interval_s: float = 60.0
     max_body_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def upstream_urls(self) -> list[str]:
+        """`upstream_url` split at commas: each replica once, in the order given."""
+        parts = (u.strip().rstrip("/") for u in (self.upstream_url or "").split(","))
+        return list(dict.fromkeys(u for u in parts if u))
 
     @property
     def resolved_lexicon_path(self) -> Path:

@@ -77,24 +77,26 @@ def load_models(settings: Settings):
 
 
 def load_upstream(settings: Settings):
-    """--backend upstream: one engine per model of an OpenAI-compatible server; no weights.
-    `settings.models` maps local NAME -> upstream model id (empty: all of them)."""
+    """--backend upstream: one engine per model of one or more replicas of an
+    OpenAI-compatible server; no weights. `settings.models` maps local NAME -> upstream
+    model id (empty: all of them)."""
     from wharf.engine.registry import load_upstream_registry
 
-    if not settings.upstream_url:
+    urls = settings.upstream_urls
+    if not urls:
         raise typer.BadParameter("--backend upstream needs --upstream-url (or WHARF_UPSTREAM_URL)",
                                  param_hint="--upstream-url")
     start = time.monotonic()
     try:
         registry = load_upstream_registry(
-            settings.upstream_url, api_key=settings.upstream_api_key, models=settings.models,
+            urls, api_key=settings.upstream_api_key, models=settings.models,
             aliases=settings.aliases, default_context=settings.max_model_len,
             tokenizer=settings.upstream_tokenizer, read_timeout=settings.request_timeout_s, log=console.log)
     except RuntimeError as exc:
         console.print(f"[bold red]upstream:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for info in registry.list():
-        console.log(f"[green]ready[/] {info.name} ({info.identity}, upstream {settings.upstream_url}, "
+        console.log(f"[green]ready[/] {info.name} ({info.identity}, upstream {info.path.partition('#')[0]}, "
                     f"context {info.context_length}) in {time.monotonic() - start:.1f} s")
     return registry
 
@@ -131,8 +133,9 @@ def register(app: typer.Typer) -> None:
         lexicon: Annotated[Optional[Path], typer.Option(help="Sensitive-word file.")] = None,
         backend: Annotated[Optional[str], typer.Option(
             help="torch (embedded, default), vllm (in-process, GPU) or upstream (an OpenAI-compatible server).")] = None,
-        upstream_url: Annotated[Optional[str], typer.Option(
-            help="Base URL of the upstream engine for --backend upstream (e.g. http://vllm:8000).")] = None,
+        upstream_url: Annotated[Optional[list[str]], typer.Option(
+            help="Base URL of the upstream engine for --backend upstream (e.g. http://vllm:8000); "
+                 "repeat it for several replicas.")] = None,
         upstream_tokenizer: Annotated[Optional[str], typer.Option(
             help="Tokenizer folder for exact prompt counts with --backend upstream (else estimated).")] = None,
     ) -> None:
@@ -152,7 +155,8 @@ def register(app: typer.Typer) -> None:
         else:
             models = {**base.models, **_pairs(model, "--model")} if model else None
         settings = build_settings(
-            backend=backend, upstream_url=upstream_url, upstream_tokenizer=upstream_tokenizer,
+            backend=backend, upstream_url=",".join(upstream_url) if upstream_url else None,
+            upstream_tokenizer=upstream_tokenizer,
             host=host, port=port, dtype=dtype, quantize=quantize, data_dir=data_dir, database_url=database_url,
             redis_url=redis_url, max_batch_size=max_batch_size, max_model_len=max_model_len,
             max_queue=max_queue, lexicon_path=lexicon,
