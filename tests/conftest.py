@@ -46,6 +46,7 @@ class LiveServer:
     proc: subprocess.Popen
     log_path: Path
     admin_key: str | None = None
+    args: list[str] = field(default_factory=list)
     _platform: object = field(default=None, repr=False)
 
     @property
@@ -81,11 +82,32 @@ def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = 
            # Test servers need no long drain at teardown; tests of SIGTERM set their own.
            "WHARF_SHUTDOWN_GRACE_S": "5", **(extra_env or {})}
     log_path = data_dir / "server.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "wharf", "serve", *(args or [])], env=env,
-                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = _launch(env, args or [], log_path, "wb")
     url = f"http://127.0.0.1:{port}"
+    _wait_healthy(proc, url, log_path, timeout)
+    text = log_path.read_text(errors="replace")
+    match = re.search(r"(wk-[A-Za-z0-9_\-]+)", text)
+    return LiveServer(url=url, data_dir=data_dir, env=env, proc=proc, log_path=log_path,
+                      admin_key=match.group(1) if match else None, args=list(args or []))
+
+
+def restart_server(server: LiveServer, timeout: float = 240) -> LiveServer:
+    """A new process for a server that has stopped (or was killed): same port, data dir,
+    settings and store, so its accounts and keys still work. The log is appended to."""
+    assert server.proc.poll() is not None, "stop the server before restarting it"
+    server.proc = _launch(server.env, server.args, server.log_path, "ab")
+    _wait_healthy(server.proc, server.url, server.log_path, timeout)
+    return server
+
+
+def _launch(env: dict, args: list[str], log_path: Path, mode: str) -> subprocess.Popen:
+    with open(log_path, mode) as log_file:     # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "wharf", "serve", *args], env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -99,10 +121,6 @@ def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = 
             proc.kill()
             raise RuntimeError(f"wharf serve did not start in {timeout} s:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.3)
-    text = log_path.read_text(errors="replace")
-    match = re.search(r"(wk-[A-Za-z0-9_\-]+)", text)
-    return LiveServer(url=url, data_dir=data_dir, env=env, proc=proc, log_path=log_path,
-                      admin_key=match.group(1) if match else None)
 
 
 def stop_server(server: LiveServer, sig=signal.SIGTERM) -> int:
