@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -273,13 +274,92 @@ def test_requests_spread_over_both_upstreams(gateway, cluster, client):
     assert len(recs) == 10 and {r["status"] for r in recs} == {"ok"}
 
 
+def _running(server) -> int:
+    return httpx.get(server.url + "/engine/stats", timeout=10).json()[MODEL]["running"]
+
+
+LONG = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+
+
+def test_client_cancel_closes_the_upstream_stream(gateway, cluster):
+    a, b = cluster["a"], cluster["b"]
+    c = _client(gateway)
+    with httpx.stream("POST", gateway.url + "/v1/completions", json=LONG,
+                      headers={"Authorization": f"Bearer {c['key']}"}, timeout=60) as r:
+        lines = r.iter_lines()          # kept alive: leaving iter_lines() early closes the connection
+        assert [line for line in (next(lines) for _ in range(6)) if line.startswith("data:")]
+        assert sorted([_running(a), _running(b)]) == [0, 1]
+        assert sum(u["in_flight"] for u in _pool_stats(gateway).values()) == 1
+        r.close()                       # the client goes away mid-stream
+    _until(lambda: _running(a) == _running(b) == 0
+           and not any(u["in_flight"] for u in _pool_stats(gateway).values()), 20, "upstream streams closed")
+    rec = gateway.platform.usage.records(account_id=c["acct"].id, limit=1)[0]
+    assert rec["status"] == "cancelled" and 0 < rec["completion_tokens"] < 1500
+
+
+class LongStream(threading.Thread):
+    """One long OpenAI completion stream, read in the background until an error event
+    arrives or `stop` is set (then it goes away, as a client that had enough)."""
+
+    def __init__(self, gw, key, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.gw, self.key, self.stop = gw, key, stop
+        self.events: list[dict] = []
+        self.started = threading.Event()
+
+    def run(self):
+        with httpx.stream("POST", self.gw.url + "/v1/completions", json=LONG, timeout=60,
+                          headers={"Authorization": f"Bearer {self.key}"}) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                    continue
+                self.events.append(json.loads(line[5:]))
+                self.started.set()
+                if "error" in self.events[-1] or self.stop.is_set():
+                    return
+
+    @property
+    def error(self) -> dict | None:
+        return next((e["error"] for e in self.events if "error" in e), None)
+
+
+def test_upstream_killed_mid_stream_is_an_error_not_a_retry(gateway, cluster):
+    """After a chunk has gone to the client, another replica would repeat it: the stream
+    on the killed replica ends with an overloaded error event; the other stream goes on."""
+    a, b = cluster["a"], cluster["b"]
+    c, stop = _client(gateway), threading.Event()
+    on_a = _upstream_records(a, cluster)
+    streams = []
+    for _ in range(2):                  # one after the other: the second goes to the idle replica
+        streams.append(LongStream(gateway, c["key"], stop))
+        streams[-1].start()
+        assert streams[-1].started.wait(30)
+    assert _running(a) == 1 and _running(b) == 1
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    _until(lambda: any(s.error for s in streams), 20, "an error event on the stream B served")
+    (cut,) = [s for s in streams if s.error]
+    (alive,) = [s for s in streams if not s.error]
+    cut.join(10)
+    assert cut.error["type"] == "overloaded" and any(ch.get("text") for e in cut.events
+                                                    for ch in e.get("choices", []))
+    assert alive.is_alive() and _running(a) == 1          # nothing was retried on A
+    stop.set()
+    alive.join(30)
+    recs = _until(lambda: (lambda rs: rs if len(rs) == 2 else None)(
+        gateway.platform.usage.records(account_id=c["acct"].id, limit=10)), 10, "two usage records")
+    assert sorted(r["status"] for r in recs) == ["cancelled", "error:overloaded"], recs
+    assert all(r["completion_tokens"] > 0 for r in recs)
+    # A settles the stream it was serving (cancelled) before the next test counts on it.
+    _until(lambda: _running(a) == 0 and _upstream_records(a, cluster) == on_a + 1, 20, "A done")
+
+
 CALLS = [(_openai, False), (_openai, True), (_qianfan, False), (_qianfan, True), (_welm, False)]
 
 
 def test_one_upstream_killed_every_request_still_succeeds(gateway, cluster, client):
     a, b = cluster["a"], cluster["b"]
-    b.proc.send_signal(signal.SIGKILL)
-    b.proc.wait(10)
+    assert b.proc.poll() is not None              # killed mid-stream above
     before_a = _upstream_records(a, cluster)
     before_gw = len(gateway.platform.usage.records(account_id=client["acct"].id, limit=1000))
     for call, stream in CALLS * 2:
