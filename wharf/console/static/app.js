@@ -275,6 +275,10 @@ async function pageUsage(main) {
 async function pageModels(main) {
   const body = h("tbody", {});
   const fmt = (v) => typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(1)) : (v === null || v === undefined ? "—" : String(v));
+  // The upstream backend's replicas: "url up|down in_flight/requests/failures" each.
+  const fmtMetric = (k, v) => k === "upstreams" && Array.isArray(v)
+    ? `upstreams=${v.map((u) => `${u.url} ${u.healthy ? "up" : "down"} ${u.in_flight}/${u.requests}/${u.failures}`).join(", ")}`
+    : `${k}=${fmt(v)}`;
   const refresh = async () => {
     const stats = await api("GET", "/console/api/engine");
     body.replaceChildren(...Object.entries(stats).map(([name, s]) => h("tr", { "data-model": name },
@@ -282,7 +286,7 @@ async function pageModels(main) {
       h("td", { class: "mono hide-sm" }, fmt(s.identity)),
       h("td", {}, fmt(s.waiting)), h("td", {}, fmt(s.running)),
       h("td", {}, fmt(s.tokens_per_second ?? s.tokens_per_s)),
-      h("td", { class: "mono hide-sm" }, Object.entries(s).filter(([k]) => !["context_length", "backend", "identity", "waiting", "running", "tokens_per_second"].includes(k)).map(([k, v]) => `${k}=${fmt(v)}`).join("  ")))));
+      h("td", { class: "mono hide-sm" }, Object.entries(s).filter(([k]) => !["context_length", "backend", "identity", "waiting", "running", "tokens_per_second"].includes(k)).map(([k, v]) => fmtMetric(k, v)).join("  ")))));
     $("#stats-time") && ($("#stats-time").textContent = new Date().toLocaleTimeString("zh-CN", { hour12: false }));
   };
   main.replaceChildren(h("h1", {}, "模型 Models"), h("p", { class: "sub" }, "已加载模型与实时引擎状态（每 2 秒刷新）。 Updated ", h("span", { id: "stats-time" }, "…")),
