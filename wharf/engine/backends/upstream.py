@@ -244,6 +244,9 @@ class UpstreamEngine:
         self.running += 1
         try:
             while True:
+                deadline = prepared.request.deadline
+                if tried and deadline is not None and time.monotonic() >= deadline:
+                    raise Timeout("the request ran past its deadline")   # before blaming another replica
                 member = self.pool.acquire(self.upstream_model, exclude=tried)
                 if member is None:
                     if failure is not None:
