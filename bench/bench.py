@@ -236,15 +236,19 @@ def direct_engine_server(dtype: str, quantize: str) -> None:
     GATEWAY_PROMPTS as 1-token requests, the engine called directly; it answers with one
     JSON line of seconds per request. EOF ends it."""
     from wharf.config import Settings
-    from wharf.engine.registry import build_engine, default_spec, set_threads
+    from wharf.engine.registry import build_engine, default_spec, keep_this_thread_single_threaded
     from wharf.engine.types import GenerationRequest, SamplingParams
 
     settings = Settings(dtype=dtype, quantize=quantize)
-    set_threads(settings.threads)
+    from wharf.cli.serve import GIL_SWITCH_INTERVAL_S
+
+    keep_this_thread_single_threaded()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)      # as `wharf serve` runs
     engine = build_engine(default_spec(MODEL), dtype=dtype, quantize=quantize, cache_dir=settings.cache_dir,
                           max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
                           max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
-                          prefill_threads=settings.prefill_threads, prefix_cache_mb=settings.prefix_cache_mb)
+                          prefill_threads=settings.prefill_threads, decode_threads=settings.threads,
+                          prefix_cache_mb=settings.prefix_cache_mb)
 
     async def one_round() -> list[float]:
         out = []

@@ -47,9 +47,9 @@ def main() -> None:
     ap.add_argument("--quantize", default="none")
     args = ap.parse_args()
 
-    from wharf.engine.registry import build_engine, default_spec, set_threads
+    from wharf.engine.registry import build_engine, default_spec, keep_this_thread_single_threaded
 
-    set_threads(None)
+    keep_this_thread_single_threaded()
     cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
     rows = {}
     for label, mb in (("prefix cache off", 0), ("prefix cache on", 256)):

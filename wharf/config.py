@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     vllm_engine_args: dict = Field(default_factory=dict)  # extra vLLM AsyncEngineArgs, e.g. {"gpu_memory_utilization": 0.85}
     dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
     quantize: str = "none"                   # none (exact float) | int8 (fbgemm int8 matmuls, 2-3x faster on CPU)
-    threads: int | None = None               # torch intra-op threads (None: all cores but one)
+    threads: int | None = None               # torch threads for decode steps (None: all cores)
     prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
 
     # Engine capacity.

@@ -50,12 +50,12 @@ class PreparedRequest:
 class Engine:
     def __init__(self, runner: ModelRunner, tokenizer, info: ModelInfo, *, eos_ids: set[int],
                  max_queue: int, prefill_chunk: int, prefill_threads: int | None = None,
-                 prefix_cache_bytes: int = 0):
+                 decode_threads: int | None = None, prefix_cache_bytes: int = 0):
         self.tokenizer = tokenizer
         self.info = info
         self.scheduler = Scheduler(runner, tokenizer, eos_ids=eos_ids, max_queue=max_queue,
                                    prefill_chunk=prefill_chunk, prefill_threads=prefill_threads,
-                                   prefix_cache_bytes=prefix_cache_bytes)
+                                   decode_threads=decode_threads, prefix_cache_bytes=prefix_cache_bytes)
 
     @property
     def context_length(self) -> int:

@@ -26,8 +26,8 @@ class ModelSpec:
 
 def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
-                 prefill_threads: int | None = None, prefix_cache_mb: int = 256,
-                 log=lambda m: None) -> Engine:
+                 prefill_threads: int | None = None, decode_threads: int | None = None,
+                 prefix_cache_mb: int = 256, log=lambda m: None) -> Engine:
     dtype = int8.weights_dtype(dtype, quantize)
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
@@ -55,7 +55,7 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                      quantize=quantize,
                      aliases=list(spec.aliases))
     return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
-                  prefill_chunk=prefill_chunk, prefill_threads=prefill_threads,
+                  prefill_chunk=prefill_chunk, prefill_threads=prefill_threads, decode_threads=decode_threads,
                   prefix_cache_bytes=prefix_cache_mb * 2**20)
 
 
@@ -139,8 +139,12 @@ def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_m
     return registry
 
 
-def set_threads(threads: int | None) -> None:
-    """Torch intra-op threads. By default one core is left to the event loop: on 2 cores,
-    two OpenMP threads fighting the HTTP thread made a decode step ~50 % slower
-    (TPOT 98 vs 66 ms at 1 concurrent, bench/README.md)."""
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+def keep_this_thread_single_threaded() -> None:
+    """Torch ops of the calling (main, HTTP) thread run on one thread; call it before any
+    parallel op. The model thread then owns the only multi-threaded OpenMP team of the
+    process: a second team (the main thread's, made by any parallel op while loading)
+    makes libgomp count more threads than cores and throttle its spin-waits, and every
+    one of the ~600 ops of a decode step then waits on a futex (measured on 2 cores,
+    bf16, 2 threads: a decode step of 17 ms in the thread that owns the only team, 37 ms
+    in a second thread beside the main thread's team)."""
+    torch.set_num_threads(1)

@@ -73,13 +73,18 @@ class Group:
         return len(self.prompt_ids)
 
 
+def default_decode_threads() -> int:
+    """Every core. (Leaving one to the event loop looked faster only while the main
+    thread owned an OpenMP team of its own: see keep_this_thread_single_threaded.)"""
+    return os.cpu_count() or 1
+
+
 class Scheduler:
     def __init__(self, runner: ModelRunner, tokenizer, *, eos_ids: set[int], max_queue: int,
-                 prefill_chunk: int, prefill_threads: int | None = None, prefix_cache_bytes: int = 0):
-        """prefill_threads (default: every core): torch threads while a prompt is
-        prefilled. Prefill is a few large matmuls that scale with cores, while a decode
-        step (at the threads set at start-up, cores - 1 by default) is many small ones
-        that lose to the event loop's thread when they compete for the last core."""
+                 prefill_chunk: int, prefill_threads: int | None = None, decode_threads: int | None = None,
+                 prefix_cache_bytes: int = 0):
+        """prefill_threads / decode_threads (default: every core / default_decode_threads()):
+        torch threads of the model thread while a prompt is prefilled / for a decode step."""
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -88,7 +93,7 @@ class Scheduler:
         self.prefill_threads = prefill_threads or os.cpu_count() or 1
         self.prefix_cache = (PrefixCache(prefix_cache_bytes)
                              if prefix_cache_bytes > 0 and hasattr(runner, "export_prefix") else None)
-        self.decode_threads = torch.get_num_threads()
+        self.decode_threads = decode_threads or default_decode_threads()
         self.free_slots = list(range(runner.max_slots))
         self.waiting: collections.deque[Group] = collections.deque()
         self.prefilling: list[Group] = []
