@@ -74,3 +74,22 @@ def test_private_registries_are_independent():
     assert samples(b)[("wharf_quota_rejections_total", ())] == 0
     from prometheus_client import REGISTRY
     assert REGISTRY.get_sample_value("wharf_quota_rejections_total") is None
+
+
+def test_upstream_replica_series_are_read_at_scrape_time_and_never_break_a_scrape():
+    from wharf.engine.types import UpstreamStats
+
+    replicas = [UpstreamStats(url="http://a:8000", healthy=True, in_flight=2, requests=10, failures=1)]
+    m = Metrics()
+    m.bind_upstream_stats(lambda: replicas)
+    text = m.render()[0].decode()
+    assert 'wharf_upstream_up{url="http://a:8000"} 1.0' in text
+    assert 'wharf_upstream_requests_total{url="http://a:8000"} 10.0' in text
+    replicas[0] = UpstreamStats(url="http://a:8000", healthy=False, failures=3)
+    text = m.render()[0].decode()                       # the next scrape sees the change
+    assert 'wharf_upstream_up{url="http://a:8000"} 0.0' in text
+    assert 'wharf_upstream_failures_total{url="http://a:8000"} 3.0' in text
+    broken = Metrics()
+    broken.bind_upstream_stats(lambda: 1 / 0)
+    body = broken.render()[0].decode()                  # a failing pool: no exception, no rows
+    assert "# TYPE wharf_upstream_up gauge" in body and "wharf_upstream_up{" not in body

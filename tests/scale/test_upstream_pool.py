@@ -206,6 +206,15 @@ def _pool_stats(gw) -> dict[str, dict]:
     return {u["url"]: u for u in stats["upstreams"]}
 
 
+def _replica_metrics(gw) -> dict[tuple[str, str], float]:
+    """(series, url) -> value of the wharf_upstream_* series on the gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    return {(s.name, s.labels["url"]): s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples if s.name.startswith("wharf_upstream_")}
+
+
 def _until(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -270,6 +279,11 @@ def test_requests_spread_over_both_upstreams(gateway, cluster, client):
     assert all(u["healthy"] and u["failures"] == 0 and u["in_flight"] == 0 and u["models"] == [MODEL]
                for u in pool.values()), pool
     assert {url: u["requests"] for url, u in pool.items()} == served
+    series = _replica_metrics(gateway)             # the same counts, for Prometheus
+    for url, n in served.items():
+        assert series[("wharf_upstream_up", url)] == 1 and series[("wharf_upstream_in_flight", url)] == 0
+        assert series[("wharf_upstream_requests_total", url)] == n
+        assert series[("wharf_upstream_failures_total", url)] == 0
     recs = gateway.platform.usage.records(account_id=client["acct"].id, limit=100)
     assert len(recs) == 10 and {r["status"] for r in recs} == {"ok"}
 
@@ -368,6 +382,9 @@ def test_one_upstream_killed_every_request_still_succeeds(gateway, cluster, clie
     pool = _pool_stats(gateway)
     assert pool[a.url]["healthy"] and not pool[b.url]["healthy"], pool
     assert pool[b.url]["failures"] >= 1 and pool[a.url]["failures"] == 0
+    series = _replica_metrics(gateway)
+    assert series[("wharf_upstream_up", a.url)] == 1 and series[("wharf_upstream_up", b.url)] == 0
+    assert series[("wharf_upstream_failures_total", b.url)] == pool[b.url]["failures"]
     recs = gateway.platform.usage.records(account_id=client["acct"].id, limit=1000)
     assert len(recs) - before_gw == 10 and {r["status"] for r in recs} == {"ok"}
     assert {r["dialect"] for r in recs[:10]} == {"openai", "qianfan", "welm"}

@@ -127,6 +127,9 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     engines = list(registry.engines.values())
     metrics.bind_engine_stats(queue_depth=lambda: sum(e.stats().waiting for e in engines),
                               running_batch=lambda: sum(e.stats().running for e in engines))
+    if engines and engines[0].stats().upstreams is not None:
+        # The upstream backend: one pool of replicas shared by every model.
+        metrics.bind_upstream_stats(lambda: engines[0].stats().upstreams or [])
 
     app.include_router(openai.router)
     _mount_optional(app)

@@ -15,15 +15,20 @@ Series (all prefixed `wharf_`):
     queue_depth, running_batch           (gauges; set directly or via a callback)
     rate_limited_total{reason}           quota_rejections_total
     content_blocked_total{stage=input|output}
+    upstream_up{url}, upstream_in_flight{url}, upstream_requests_total{url},
+    upstream_failures_total{url}         (replicas behind the upstream backend; read at
+                                         scrape time from bind_upstream_stats)
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
@@ -48,9 +53,56 @@ def _safe(fn: Callable[[], float]) -> Callable[[], float]:
     return call
 
 
+class ReplicaRow(Protocol):
+    """What the replica series read of one upstream replica (engine.types.UpstreamStats)."""
+
+    url: str
+    healthy: bool
+    in_flight: int
+    requests: int
+    failures: int
+
+
+class _ReplicaCollector:
+    """The upstream replicas' series, built from their live counts at every scrape (a
+    custom collector: the counts live in the engine's pool, not in this registry)."""
+
+    def __init__(self, namespace: str, rows: Callable[[], Iterable[ReplicaRow]]):
+        self.ns, self.rows = namespace, rows
+
+    def describe(self):
+        return list(self._families([]))
+
+    def collect(self):
+        try:
+            rows = list(self.rows())
+        except Exception:              # a scrape must never fail because the pool did
+            log.debug("upstream stats callback failed", exc_info=True)
+            rows = []
+        return self._families(rows)
+
+    def _families(self, rows):
+        ns = self.ns
+        up = GaugeMetricFamily(f"{ns}_upstream_up", "1 while the upstream replica takes requests.",
+                               labels=["url"])
+        busy = GaugeMetricFamily(f"{ns}_upstream_in_flight", "Requests in flight to the replica from "
+                                 "this gateway.", labels=["url"])
+        sent = CounterMetricFamily(f"{ns}_upstream_requests", "Attempts sent to the replica (a "
+                                   "failed-over request counts on each).", labels=["url"])
+        failed = CounterMetricFamily(f"{ns}_upstream_failures", "Attempts the replica failed "
+                                     "(unreachable, 5xx/429, broken stream).", labels=["url"])
+        for r in rows:
+            up.add_metric([r.url], 1.0 if r.healthy else 0.0)
+            busy.add_metric([r.url], r.in_flight)
+            sent.add_metric([r.url], r.requests)
+            failed.add_metric([r.url], r.failures)
+        return [up, busy, sent, failed]
+
+
 class Metrics:
     def __init__(self, namespace: str = "wharf", registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.namespace = namespace
         r, ns = self.registry, namespace
         self.requests = Counter("requests", "Requests finished, by dialect and status.",
                                 ["dialect", "status"], namespace=ns, registry=r)
@@ -133,6 +185,10 @@ class Metrics:
             self.queue_depth.set_function(_safe(queue_depth))
         if running_batch is not None:
             self.running_batch.set_function(_safe(running_batch))
+
+    def bind_upstream_stats(self, rows: Callable[[], Iterable[ReplicaRow]]) -> None:
+        """Export the upstream backend's replicas (read from `rows` at scrape time)."""
+        self.registry.register(_ReplicaCollector(self.namespace, rows))
 
     # ---------------------------------------------------------------- exposition
 
