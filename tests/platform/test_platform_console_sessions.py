@@ -116,6 +116,17 @@ def test_account_deleted_deletes_its_sessions(platform, alice):
     assert platform.console_sessions.get(theirs).account_id == bob.id
 
 
+def test_sign_in_racing_the_account_deletion_is_an_auth_error(platform, alice):
+    # The key was checked, then the account went before the session row was written.
+    from wharf.errors import AuthError
+
+    acct, key = alice
+    with platform.store.write() as s:
+        s.execute(delete(Account).where(Account.id == acct.id))
+    with pytest.raises(AuthError):
+        platform.console_sessions.create(key, acct.id, [])
+
+
 @pytest.mark.parametrize("bad", ["", "x", "garbage-🙂-\x00", "x" * 100_000, None, 42])
 def test_garbage_ids_are_not_found(platform, alice, bad):
     acct, key = alice

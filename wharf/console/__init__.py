@@ -179,10 +179,10 @@ def build_console_router() -> APIRouter:
             return _err(400, "body must be JSON {\"api_key\": ...}")
         try:
             p = await asyncio.to_thread(platform(request).authenticator.bearer, key)
+            sid, sess = await asyncio.to_thread(platform(request).console_sessions.create, key, p.account_id,
+                                                _cookie_values(request))
         except WharfError:
             return _err(401, "invalid API key", "auth_error")
-        sid, sess = await asyncio.to_thread(platform(request).console_sessions.create, key, p.account_id,
-                                            _cookie_values(request))
         resp = JSONResponse(me_payload(p, sess), headers={"Cache-Control": "no-store"})
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/console",
                         secure=request.url.scheme == "https", max_age=SESSION_TTL_S)

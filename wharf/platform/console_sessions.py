@@ -21,8 +21,9 @@ import secrets
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from wharf.errors import Internal
+from wharf.errors import AuthError, Internal
 from wharf.platform.models import ConsoleSession as Row
 from wharf.platform.models import utcnow
 from wharf.platform.secretbox import SecretBox
@@ -69,13 +70,17 @@ class ConsoleSessions:
         sid = secrets.token_urlsafe(32)
         sess = Session(key=key, csrf=secrets.token_urlsafe(32), account_id=account_id, last_seen=now)
         old = list(_by_hash(old_sids))
-        with self.store.write_conn() as conn:
-            if old:
-                conn.execute(delete(_T).where(_T.c.sid_hash.in_(old)))
-            conn.execute(delete(_T).where(_T.c.last_seen < now - self.ttl))
-            conn.execute(insert(_T), {"sid_hash": hash_sid(sid), "account_id": account_id,
-                                      "key_encrypted": self.box.encrypt(key), "csrf": sess.csrf,
-                                      "created_at": now, "last_seen": now})
+        try:
+            with self.store.write_conn() as conn:
+                if old:
+                    conn.execute(delete(_T).where(_T.c.sid_hash.in_(old)))
+                conn.execute(delete(_T).where(_T.c.last_seen < now - self.ttl))
+                conn.execute(insert(_T), {"sid_hash": hash_sid(sid), "account_id": account_id,
+                                          "key_encrypted": self.box.encrypt(key), "csrf": sess.csrf,
+                                          "created_at": now, "last_seen": now})
+        except IntegrityError:
+            # The account was deleted between the key check and this insert (foreign key).
+            raise AuthError("the account no longer exists", reason="invalid") from None
         return sid, sess
 
     def get(self, sid: str | None, *, now: dt.datetime | None = None) -> Session | None:
