@@ -29,7 +29,7 @@ from wharf.errors import Internal, InvalidParam, Overloaded
 
 def _has_vllm_gpu() -> str | None:
     if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install 'wharf[vllm]'; needs a CUDA GPU)"
+        return "vllm is not installed (needs a CUDA GPU; install: docs/deploy.md)"
     try:
         import torch
         if not torch.cuda.is_available():
@@ -418,7 +418,7 @@ def test_serve_without_vllm_says_so(tmp_path):
                        env={"WHARF_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "pip install 'wharf[vllm]'" in r.stdout + r.stderr
+    assert "--override docs/vllm-overrides.txt" in r.stdout + r.stderr
 
 
 # -- (3) the real thing, on a GPU ----------------------------------------------------------------

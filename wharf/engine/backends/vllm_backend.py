@@ -1,5 +1,5 @@
 """vLLM backend: vLLM's async engine in Wharf's process, behind the same interface as
-wharf.engine.engine.Engine. GPU only; `pip install 'wharf[vllm]'`.
+wharf.engine.engine.Engine. GPU only; install: docs/deploy.md.
 
 NEVER RUN ON A GPU, NOR AGAINST A REAL vLLM: the development machines and CI have neither
 (tests/scale/test_vllm.py runs it against a stand-in; its real-GPU test skips). What was
@@ -70,7 +70,8 @@ def require_vllm():
     try:
         import vllm  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("--backend vllm needs vLLM and a GPU: pip install 'wharf[vllm]'") from exc
+        raise RuntimeError("--backend vllm needs vLLM and a GPU: uv pip install -e '.[vllm]' "
+                           "--override docs/vllm-overrides.txt (docs/deploy.md)") from exc
     return vllm
 
 
