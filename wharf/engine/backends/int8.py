@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from wharf.engine.loader import cpu_flags
+
 QUANTIZE = ("none", "int8")
 SMOOTH_ALPHA = 0.6          # best of 0.3-0.9 on SmolLM2-135M: 92 % top-1 agreement with fp32, KL 0.03
 
@@ -59,15 +61,10 @@ def weights_dtype(dtype: str, quantize: str) -> str:
     return "float32"
 
 
-@functools.cache
 def cpu_has_vnni() -> bool:
     """VNNI (AVX512-VNNI or AVX-VNNI) sums int8 products in int32; without it fbgemm's
     AVX2 kernels go through int16 pairs, which 8-bit activations can saturate."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize: str = "none") -> Linear:
