@@ -116,17 +116,19 @@ def build_console_router() -> APIRouter:
 
     async def current(request: Request) -> tuple[str | None, Session | None, object | None]:
         """(sid, session, principal) — principal None when signed out or the key no longer works."""
-        plat = platform(request)
-        found = await asyncio.to_thread(plat.console_sessions.find, _cookie_values(request))
-        if found is None:
-            return None, None, None
-        sid, sess = found
-        try:
-            p = await asyncio.to_thread(plat.authenticator.bearer, sess.key)
-        except WharfError:
-            await asyncio.to_thread(plat.console_sessions.drop, sid)
-            return sid, None, None
-        return sid, sess, p
+        plat, values = platform(request), _cookie_values(request)
+
+        def look_up():      # store work only: one hop to a worker thread per console request
+            found = plat.console_sessions.find(values)
+            if found is None:
+                return None, None, None
+            sid, sess = found
+            try:
+                return sid, sess, plat.authenticator.bearer(sess.key)
+            except WharfError:
+                plat.console_sessions.drop(sid)
+                return sid, None, None
+        return await asyncio.to_thread(look_up)
 
     def csrf_ok(request: Request, sess: Session) -> bool:
         token = request.headers.get("x-csrf-token", "")
