@@ -180,6 +180,7 @@ class Pipeline:
         if request.deadline is None and self.timeout_s:
             request.deadline = time.monotonic() + self.timeout_s
         try:
+            request.sampling.check()
             engine = self.registry.resolve(request.model)
             prepared = engine.prepare(request)
             if request.messages is not None:

@@ -226,28 +226,35 @@ class Scheduler:
         for group in list(self.prefilling):
             if budget <= 0:
                 break
-            take = min(budget, group.prompt_len - group.prefilled)
-            chunk = group.prompt_ids[group.prefilled:group.prefilled + take]
-            lead = group.seqs[0]
-            logits = self.runner.prefill(lead.slot, chunk, group.prefilled)
-            group.prefilled += take
-            budget -= take
-            if group.prefilled < group.prompt_len:
-                continue
-            for seq in group.seqs[1:]:
-                self.runner.copy_slot(lead.slot, seq.slot, group.prompt_len)
-            for seq in group.seqs:
-                if seq.needs_penalties:
-                    self.seen[seq.slot].zero_()
-                    self.seen[seq.slot, group.prompt_ids] = True
-                    self.counts[seq.slot].zero_()
-            if self.prefix_cache is not None:
-                self.prefix_cache.store(group.prompt_ids,
-                                        lambda start, end: self.runner.export_prefix(lead.slot, start, end))
-            self.prefilling.remove(group)
-            self.running.append(group)
-            group.first_token_at = time.monotonic()
-            self._sample_and_emit(group.seqs, logits.unsqueeze(0).expand(len(group.seqs), -1))
+            try:
+                budget -= self._prefill_group(group, budget)
+            except Exception as exc:
+                self._fail_group(group, exc)
+
+    def _prefill_group(self, group: Group, budget: int) -> int:
+        """Prefill up to `budget` of the group's prompt tokens; returns how many it took."""
+        take = min(budget, group.prompt_len - group.prefilled)
+        chunk = group.prompt_ids[group.prefilled:group.prefilled + take]
+        lead = group.seqs[0]
+        logits = self.runner.prefill(lead.slot, chunk, group.prefilled)
+        group.prefilled += take
+        if group.prefilled < group.prompt_len:
+            return take
+        for seq in group.seqs[1:]:
+            self.runner.copy_slot(lead.slot, seq.slot, group.prompt_len)
+        for seq in group.seqs:
+            if seq.needs_penalties:
+                self.seen[seq.slot].zero_()
+                self.seen[seq.slot, group.prompt_ids] = True
+                self.counts[seq.slot].zero_()
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(group.prompt_ids,
+                                    lambda start, end: self.runner.export_prefix(lead.slot, start, end))
+        self.prefilling.remove(group)
+        self.running.append(group)
+        group.first_token_at = time.monotonic()
+        self._sample_and_emit(group.seqs, logits.unsqueeze(0).expand(len(group.seqs), -1))
+        return take
 
     def _decode_step(self) -> None:
         seqs = sorted((s for g in self.running for s in g.seqs if s.finish is None),
@@ -258,21 +265,53 @@ class Scheduler:
                                     [len(s.token_ids) - 1 for s in seqs])
         self._sample_and_emit(seqs, logits)
 
-    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor):
         if any(s.needs_penalties for s in seqs):
             slots = torch.tensor([s.slot for s in seqs])
             logits = apply_penalties(logits, [s.row for s in seqs], self.seen[slots], self.counts[slots])
-        result = sample(logits, [s.row for s in seqs])
-        self._count_tokens(len(seqs))
-        for seq, token, lp in zip(seqs, result.tokens, result.logprobs):
-            if seq.needs_penalties:
-                self.seen[seq.slot, token] = True
-                self.counts[seq.slot, token] += 1
-            self._advance(seq, token, lp)
+        return sample(logits, [s.row for s in seqs])
+
+    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        try:
+            result = self._sample(seqs, logits)
+            picks = list(zip(seqs, result.tokens, result.logprobs))
+        except Exception:
+            # One row's numbers (a NaN, an infinity) fail the batched call for all: sample
+            # row by row so only the requests at fault fail and the rest go on.
+            picks = []
+            for i, seq in enumerate(seqs):
+                if seq.group.done:
+                    continue
+                try:
+                    one = self._sample([seq], logits[i:i + 1])
+                    picks.append((seq, one.tokens[0], one.logprobs[0]))
+                except Exception as exc:
+                    self._fail_group(seq.group, exc)
+        self._count_tokens(len(picks))
+        for seq, token, lp in picks:
+            if seq.group.done:       # failed through another of its n choices
+                continue
+            try:
+                if seq.needs_penalties:
+                    self.seen[seq.slot, token] = True
+                    self.counts[seq.slot, token] += 1
+                self._advance(seq, token, lp)
+            except Exception as exc:
+                self._fail_group(seq.group, exc)
         for group in {s.group for s in seqs}:
-            if all(s.finish is not None for s in group.seqs):
+            if not group.done and all(s.finish is not None for s in group.seqs):
                 self.running.remove(group)
                 self._finish_group(group)
+
+    def _fail_group(self, group: Group, exc: Exception) -> None:
+        """An error inside one request's work ends that request alone."""
+        log.error("request %s failed in the engine", group.request_id, exc_info=exc)
+        for seq in group.seqs:
+            seq.finish = seq.finish or FinishReason.ERROR
+        for bucket in (self.prefilling, self.running):
+            if group in bucket:
+                bucket.remove(group)
+        self._finish_group(group, Internal(f"engine failure in this request: {type(exc).__name__}"))
 
     def _advance(self, seq: Sequence, token: int, lp) -> None:
         group, params = seq.group, seq.row.params

@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from dataclasses import dataclass, field
+
+from wharf.errors import InvalidParam
+
+# Below this a temperature is greedy (vLLM's _SAMPLING_EPS): 1/T overflows float32 long
+# before T reaches 0, and a tiny positive T rounds to 0 in float32 (1e-38, 1e-300).
+SAMPLING_EPS = 1e-5
+
+# What the engine can compute without infinities in float32, whatever a dialect allows:
+# a repetition penalty scales logits by at most 100x either way; additive penalties move
+# a logit by at most 100 per generated occurrence.
+ENGINE_RANGES = {
+    "temperature": (0.0, 100.0),
+    "top_p": (0.0, 1.0),
+    "repetition_penalty": (0.01, 100.0),
+    "presence_penalty": (-100.0, 100.0),
+    "frequency_penalty": (-100.0, 100.0),
+}
 
 
 class FinishReason(str, enum.Enum):
@@ -34,6 +52,24 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def check(self) -> "SamplingParams":
+        """The one engine-side check every backend relies on, after a dialect's own ranges:
+        each number finite and within ENGINE_RANGES (raises InvalidParam naming it), and
+        every way of asking for greedy decoding (temperature below SAMPLING_EPS, top_p
+        below it, top_k 1) written as temperature 0 with top_p/top_k off, so no backend
+        divides by a vanishing temperature or sees a top_p of 0 it would refuse."""
+        for name, (low, high) in ENGINE_RANGES.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or not low <= value <= high:
+                raise InvalidParam(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}", param=name)
+        if self.top_k < 0:
+            raise InvalidParam("top_k must be 0 (off) or a positive integer", param="top_k")
+        if self.n < 1:
+            raise InvalidParam("n must be at least 1", param="n")
+        if self.temperature < SAMPLING_EPS or self.top_p < SAMPLING_EPS or self.top_k == 1:
+            self.temperature, self.top_p, self.top_k = 0.0, 1.0, 0
+        return self
 
 
 @dataclass
