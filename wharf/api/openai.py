@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
 from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import openai_error
 from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import event, sse_response
@@ -202,7 +203,9 @@ async def completions(request: Request):
         return sse_response(_framed(stream()))
 
     try:
-        per_choice = await _collect(run, body.n)
+        per_choice = await unless_client_leaves(request, _collect(run, body.n))
+    except ClientGone:
+        return gone_response()
     except WharfError as exc:
         return openai_error(exc)
     choices = []
@@ -249,7 +252,9 @@ async def chat_completions(request: Request):
         return sse_response(_framed(stream()))
 
     try:
-        per_choice = await _collect(run, body.n)
+        per_choice = await unless_client_leaves(request, _collect(run, body.n))
+    except ClientGone:
+        return gone_response()
     except WharfError as exc:
         return openai_error(exc)
     choices = []

@@ -50,6 +50,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from wharf import errors as E
 from wharf.api.common import json_body
+from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import dumps, event
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
@@ -406,7 +407,9 @@ async def _serve(request: Request, endpoint: str, kind: str):
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
     texts, finish = [], None
-    try:
+
+    async def collect() -> None:
+        nonlocal finish
         c = first
         while c is not None:
             texts.append(c.text)
@@ -415,6 +418,10 @@ async def _serve(request: Request, endpoint: str, kind: str):
                 c = await chunks.__anext__()
             except StopAsyncIteration:
                 c = None
+    try:
+        await unless_client_leaves(request, collect())
+    except ClientGone:
+        return gone_response()
     except E.WharfError as exc:
         return _error(exc, headers=headers, rid=rid)
     finally:

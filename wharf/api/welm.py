@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.pipeline import Caller
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import InvalidParam, WharfError
@@ -146,11 +147,16 @@ async def completions(request: Request):
 
     texts: list[list[str]] = [[] for _ in range(body.n)]
     finish: list[FinishReason | None] = [None] * body.n
-    try:
+
+    async def collect() -> None:
         async for c in run.chunks():
             texts[c.index].append(c.text)
             if c.finish_reason is not None:
                 finish[c.index] = c.finish_reason
+    try:
+        await unless_client_leaves(request, collect())
+    except ClientGone:
+        return gone_response()
     except WharfError as exc:
         return welm_error(exc, body.model)
     echo = body.prompt if body.echo else ""
