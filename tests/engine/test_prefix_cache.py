@@ -20,24 +20,25 @@ def test_blocks_chain_from_the_start_and_the_tail_goes_first():
 
     system = list(range(2 * BLOCK))
     a = system + [1000 + i for i in range(BLOCK + 5)]
-    cache.store(a, export)
+    cache.store("t", a, export)
     assert exported == [(0, BLOCK), (BLOCK, 2 * BLOCK), (2 * BLOCK, 3 * BLOCK)]
-    cache.store(a, export)                                    # nothing new to copy
+    cache.store("t", a, export)                                    # nothing new to copy
     assert len(exported) == 3
     # Another question after the same system prompt reuses exactly the system's blocks.
     b = system + [2000 + i for i in range(BLOCK + 1)]
-    assert cache.lookup(b) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]
-    assert cache.lookup(a[:3 * BLOCK]) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]   # leaves a token to prefill
-    assert cache.lookup([5] + system) == []                   # a block is keyed by everything before it
-    assert cache.lookup(list(range(BLOCK - 1))) == []
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.reused_tokens) == (2, 2, 4 * BLOCK)
-    cache.store(b, export)                                    # b's third block: 4 blocks, at the budget
+    assert cache.lookup("t", b) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]
+    assert cache.lookup("t", a[:3 * BLOCK]) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]   # leaves a token to prefill
+    assert cache.lookup("t", [5] + system) == []                   # a block is keyed by everything before it
+    assert cache.lookup("t", list(range(BLOCK - 1))) == []
+    assert cache.lookup("another tenant", b) == []              # namespaces never share blocks
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.reused_tokens) == (2, 3, 4 * BLOCK)
+    cache.store("t", b, export)                                    # b's third block: 4 blocks, at the budget
     assert cache.stats.bytes == 4 * BLOCK
-    cache.lookup(b + [1])                                     # b's chain is now the most recent
-    cache.store([9] * (BLOCK + 3), export)                    # over budget: a's tail goes first
+    cache.lookup("t", b + [1])                                     # b's chain is now the most recent
+    cache.store("t", [9] * (BLOCK + 3), export)                    # over budget: a's tail goes first
     assert cache.stats.bytes == 4 * BLOCK
-    assert cache.lookup(a + [1]) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]
-    assert len(cache.lookup(b + [1])) == 3
+    assert cache.lookup("t", a + [1]) == [(0, BLOCK), (BLOCK, 2 * BLOCK)]
+    assert len(cache.lookup("t", b + [1])) == 3
 
 
 SYSTEM = ("You are Wharf's helpful assistant. Answer in one short sentence, politely, and never make "

@@ -111,3 +111,39 @@ def test_poisoned_sampling_values_fail_nobody_else(server):
         statuses = {r["status"] for r in usage_records(server, acct.account_id)}
         assert "error:internal" not in statuses, statuses
     assert "engine step failed" not in server.log()
+
+
+def test_a_request_holding_every_slot_yields_one_to_a_bystander(server):
+    """Finding 7: `n` = the whole batch (32) once held every slot until it finished, so
+    another account's 5-token request waited ~48 s. Now the wide request gives a slot
+    back (preemption, recomputed later) and still completes every choice in full."""
+    hog, bystander = provision(server, "openai"), provision(server, "openai")
+    wide_tokens = 24
+    slots = httpx.get(server.url + "/engine/stats", timeout=10,
+                      headers={"Authorization": f"Bearer {server.admin_key}"}).json()[MODEL]["max_batch_size"]
+    out: dict = {}
+
+    def wide():
+        r = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {hog.key}"}, timeout=300,
+                       json={"model": MODEL, "prompt": "Once upon a time", "n": slots, "max_tokens": wide_tokens,
+                             "ignore_eos": True, "temperature": 0.9})
+        out["wide"], out["wide_done"] = r, time.monotonic()
+    t = threading.Thread(target=wide)
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:     # until the wide request holds the batch
+        stats = httpx.get(server.url + "/engine/stats", timeout=10,
+                          headers={"Authorization": f"Bearer {server.admin_key}"}).json()[MODEL]
+        if stats["running"] >= slots:
+            break
+        time.sleep(0.05)
+    method, path, params, headers, body = request_for(bystander, max_tokens=5, prompt="你好")
+    r = httpx.request(method, server.url + path, params=params, headers=headers, json=body, timeout=120)
+    short_done = time.monotonic()
+    t.join(300)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 5, r.text[:300]
+    assert short_done < out["wide_done"], "the bystander waited for the whole wide request"
+    wide_answer = out["wide"].json()
+    assert out["wide"].status_code == 200, wide_answer
+    assert wide_answer["usage"]["completion_tokens"] == slots * wide_tokens
+    assert all(c["finish_reason"] == "length" for c in wide_answer["choices"])

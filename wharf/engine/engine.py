@@ -103,7 +103,8 @@ class Engine:
                 pass
 
         group = Group(request_id=req.request_id, prompt_ids=prepared.prompt_ids, params=params,
-                      max_tokens=prepared.max_tokens, emit=emit, deadline=req.deadline)
+                      max_tokens=prepared.max_tokens, emit=emit, deadline=req.deadline,
+                      tenant=req.tenant)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             row = SamplerRow(params=params, generator=make_generator(seed))

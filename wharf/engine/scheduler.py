@@ -1,15 +1,30 @@
-"""Continuous batching: admission, chunked prefill, batched decode, cancellation.
+"""Continuous batching: fair admission, chunked fill, batched decode, preemption,
+cancellation.
 
-One thread owns the model. Each iteration it drops cancelled or timed-out
-requests, admits waiting ones while KV slots are free, spends a bounded token
-budget on prefill (so a long prompt never stalls running streams for long), then
-runs one decode step for every running sequence. Requests join and leave the
-batch at any step.
+One thread owns the model. Each iteration it drops cancelled or timed-out requests,
+shares the KV slots between the requests that want them, spends a bounded token budget
+filling slots, then runs one decode step for every sequence whose slot is ready.
+Requests join and leave the batch at any step.
+
+Sharing is max-min fair, first between tenants (an opaque key the caller sets: Wharf's
+pipeline uses the account), then between a tenant's requests, in arrival order. A
+request never holds more than its share while another waits: what it holds over its
+share it gives back by preemption, and the preempted sequence later recomputes its KV
+(as vLLM's recompute preemption) and goes on where it stopped. With one tenant and
+n = 1 requests this is first come, first served, and nothing is ever preempted.
+
+A sequence is its `token_ids` (prompt + output so far) and, while it holds a slot, the
+KV of its first `kv` positions. It decodes once kv == len(token_ids) - 1: the step feeds
+its last token and samples the next. New and preempted sequences enter the same way:
+their slot is filled up to len - 1 by copying from a sibling choice that shares the
+prompt, from the prefix cache, or by prefill in chunks of the step's budget (so a long
+prompt never stalls running streams for long); then they decode with everyone else.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import threading
@@ -20,13 +35,14 @@ from typing import Callable
 import torch
 
 from wharf.engine.backends.base import ModelRunner
-from wharf.engine.prefix_cache import PrefixCache
 from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
-from wharf.engine.sampling import SamplerRow, apply_penalties, make_generator, sample
+from wharf.engine.prefix_cache import PrefixCache
+from wharf.engine.sampling import SamplerRow, apply_penalties, sample
 from wharf.engine.types import Chunk, EngineStats, FinishReason, SamplingParams, TokenLogprob
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout, WharfError
 
 log = logging.getLogger("wharf.engine")
+_arrivals = itertools.count()
 
 
 @dataclass(eq=False)
@@ -38,6 +54,7 @@ class Sequence:
     stops: StopMatcher
     token_ids: list[int]
     slot: int = -1
+    kv: int = 0                    # positions of token_ids whose KV the slot holds
     finish: FinishReason | None = None
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -47,6 +64,14 @@ class Sequence:
         return len(self.token_ids) - self.group.prompt_len
 
     @property
+    def fill_target(self) -> int:
+        return len(self.token_ids) - 1
+
+    @property
+    def decoding(self) -> bool:
+        return self.finish is None and self.slot >= 0 and self.kv >= self.fill_target
+
+    @property
     def needs_penalties(self) -> bool:
         p = self.row.params
         return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
@@ -54,7 +79,7 @@ class Sequence:
 
 @dataclass(eq=False)
 class Group:
-    """One request: n sequences that share the prompt's prefill."""
+    """One request: n sequences that share the prompt."""
 
     request_id: str
     prompt_ids: list[int]
@@ -62,15 +87,56 @@ class Group:
     max_tokens: int
     emit: Callable[[object], None]     # thread-safe; receives Chunk, WharfError, or None at the end
     deadline: float | None = None
+    tenant: str = ""                   # fair share and prefix-cache namespace (opaque here)
     seqs: list[Sequence] = field(default_factory=list)
-    prefilled: int = 0
     cancelled: bool = False
     done: bool = False
+    cached: bool = False               # its prompt's blocks went to the prefix cache
     first_token_at: float | None = None
+    arrival: int = field(default_factory=lambda: next(_arrivals))
 
     @property
     def prompt_len(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def live(self) -> list[Sequence]:
+        return [s for s in self.seqs if s.finish is None]
+
+    @property
+    def held(self) -> int:
+        return sum(1 for s in self.seqs if s.slot >= 0)
+
+
+def water_fill(demands: dict, capacity: int) -> dict:
+    """Max-min fair integer split of `capacity` between keys wanting `demands[key]` units:
+    equal slices, nobody given more than it wants, the remainder one each in key order."""
+    alloc = dict.fromkeys(demands, 0)
+    left = capacity
+    wanting = [k for k, d in demands.items() if d > 0]
+    while left > 0 and wanting:
+        each = max(1, left // len(wanting))
+        for k in wanting:
+            give = min(each, demands[k] - alloc[k], left)
+            alloc[k] += give
+            left -= give
+            if not left:
+                break
+        wanting = [k for k in wanting if alloc[k] < demands[k]]
+    return alloc
+
+
+def fair_shares(groups: list[Group], capacity: int) -> dict[Group, int]:
+    """Slots each request may hold: max-min fair between tenants, then between each
+    tenant's requests; `groups` in arrival order, which breaks ties."""
+    by_tenant: dict[str, list[Group]] = {}
+    for g in groups:
+        by_tenant.setdefault(g.tenant, []).append(g)
+    tenant_share = water_fill({t: sum(len(g.live) for g in gs) for t, gs in by_tenant.items()}, capacity)
+    shares: dict[Group, int] = {}
+    for t, gs in by_tenant.items():
+        shares.update(water_fill({g: len(g.live) for g in gs}, tenant_share[t]))
+    return shares
 
 
 def default_decode_threads() -> int:
@@ -84,7 +150,7 @@ class Scheduler:
                  prefill_chunk: int, prefill_threads: int | None = None, decode_threads: int | None = None,
                  prefix_cache_bytes: int = 0):
         """prefill_threads / decode_threads (default: every core / default_decode_threads()):
-        torch threads of the model thread while a prompt is prefilled / for a decode step."""
+        torch threads of the model thread while slots are filled / for a decode step."""
         self.runner = runner
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -95,12 +161,13 @@ class Scheduler:
                              if prefix_cache_bytes > 0 and hasattr(runner, "export_prefix") else None)
         self.decode_threads = decode_threads or default_decode_threads()
         self.free_slots = list(range(runner.max_slots))
-        self.waiting: collections.deque[Group] = collections.deque()
-        self.prefilling: list[Group] = []
-        self.running: list[Group] = []
+        self.waiting: collections.deque[Group] = collections.deque()   # submitted, never placed
+        self.active: list[Group] = []                                   # placed at least once, by arrival
+        self.filling: list[Sequence] = []                               # hold a slot, not yet decoding
         self.cond = threading.Condition()
         self.stopping = False
         self.generated_tokens = 0
+        self.preemptions = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
         self._rate_tokens = 0
@@ -130,8 +197,9 @@ class Scheduler:
 
     def stats(self) -> EngineStats:
         prefix = self.prefix_cache.stats if self.prefix_cache is not None else None
-        return EngineStats(waiting=len(self.waiting) + len(self.prefilling),
-                           running=sum(1 for g in self.running for s in g.seqs if s.finish is None),
+        active = list(self.active)
+        return EngineStats(waiting=len(self.waiting) + sum(1 for g in active if not g.held),
+                           running=sum(1 for g in active for s in g.seqs if s.slot >= 0),
                            max_batch_size=self.runner.max_slots,
                            generated_tokens=self.generated_tokens,
                            tokens_per_second=round(self._rate, 1),
@@ -150,15 +218,15 @@ class Scheduler:
         torch.set_num_threads(self.decode_threads)
         while True:
             with self.cond:
-                while not (self.stopping or self.waiting or self.prefilling or self.running):
+                while not (self.stopping or self.waiting or self.active):
                     self.cond.wait()
                 if self.stopping:
                     self._fail_all(Overloaded("the engine is shutting down"))
                     return
             try:
                 self._reap()
-                self._admit()
-                self._prefill_step()
+                self._share_slots()
+                self._fill_step()
                 self._decode_step()
             except Exception as exc:  # a bug must not kill the engine for everyone
                 log.exception("engine step failed")
@@ -166,23 +234,37 @@ class Scheduler:
 
     def _fail_all(self, error: WharfError) -> None:
         with self.cond:
-            groups = list(self.waiting) + self.prefilling + self.running
+            groups = list(self.waiting) + self.active
             self.waiting.clear()
-        self.prefilling, self.running = [], []
+        self.active, self.filling = [], []
         for g in groups:
             self._finish_group(g, error)
 
+    def _release(self, seq: Sequence) -> None:
+        if seq.slot >= 0:
+            self.runner.release(seq.slot)
+            self.free_slots.append(seq.slot)
+            seq.slot, seq.kv = -1, 0
+        if seq in self.filling:
+            self.filling.remove(seq)
+
     def _finish_group(self, group: Group, error: WharfError | None = None) -> None:
         for seq in group.seqs:
-            if seq.slot >= 0:
-                self.runner.release(seq.slot)
-                self.free_slots.append(seq.slot)
-                seq.slot = -1
+            self._release(seq)
         self.free_slots.sort()
+        if group in self.active:
+            self.active.remove(group)
         group.done = True
         if error is not None:
             group.emit(error)
         group.emit(None)
+
+    def _fail_group(self, group: Group, exc: Exception) -> None:
+        """An error inside one request's work ends that request alone."""
+        log.error("request %s failed in the engine", group.request_id, exc_info=exc)
+        for seq in group.seqs:
+            seq.finish = seq.finish or FinishReason.ERROR
+        self._finish_group(group, Internal(f"engine failure in this request: {type(exc).__name__}"))
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -192,77 +274,117 @@ class Scheduler:
                 self.waiting.remove(g)
         for g in expired:
             self._finish_group(g, Timeout("request timed out in the queue") if not g.cancelled else None)
-        for bucket in (self.prefilling, self.running):
-            for g in [g for g in bucket if g.cancelled or (g.deadline and now > g.deadline)]:
-                bucket.remove(g)
-                self._finish_group(g, None if g.cancelled else Timeout("request timed out"))
+        for g in [g for g in self.active if g.cancelled or (g.deadline and now > g.deadline)]:
+            self._finish_group(g, None if g.cancelled else Timeout("request timed out"))
 
-    def _admit(self) -> None:
-        admitted = []
+    # -- who holds which slot ---------------------------------------------------------------
+    def _share_slots(self) -> None:
         with self.cond:
-            while self.waiting and len(self.free_slots) >= self.waiting[0].params.n:
-                group = self.waiting.popleft()
-                for seq in group.seqs:
-                    seq.slot = self.free_slots.pop(0)
-                admitted.append(group)
-        for group in admitted:
-            if self.prefix_cache is not None:
-                blocks = self.prefix_cache.lookup(group.prompt_ids)
-                if blocks:
-                    group.prefilled = self.runner.import_prefix(group.seqs[0].slot, blocks)
-            self.prefilling.append(group)
+            groups = self.active + list(self.waiting)
+        if not groups:
+            return
+        shares = fair_shares(groups, self.runner.max_slots)
+        # Give back what is held over a share while another request is under its own and
+        # there are not enough free slots for it.
+        short = sum(max(0, shares[g] - g.held) for g in groups) - len(self.free_slots)
+        if short > 0:
+            for g in sorted(groups, key=lambda g: shares[g] - g.held):
+                while short > 0 and g.held > shares[g]:
+                    victims = [s for s in g.seqs if s.decoding]
+                    if not victims:
+                        break
+                    self._preempt(min(victims, key=lambda s: (s.output_len, -s.index)))
+                    short -= 1
+        # Then fill free slots, the requests furthest under their share first.
+        for g in sorted(groups, key=lambda g: (g.held - shares[g], g.arrival)):
+            while self.free_slots and g.held < shares[g]:
+                seq = next(s for s in g.seqs if s.finish is None and s.slot < 0)
+                self._place(seq)
 
-    def _prefill_step(self) -> None:
-        if not self.prefilling:
+    def _preempt(self, seq: Sequence) -> None:
+        """Free the slot; the sequence keeps its tokens and recomputes its KV later."""
+        self.preemptions += 1
+        self._release(seq)
+        self.free_slots.sort()
+
+    def _place(self, seq: Sequence) -> None:
+        group = seq.group
+        if group not in self.active:
+            with self.cond:
+                self.waiting.remove(group)
+            self.active.append(group)
+            self.active.sort(key=lambda g: g.arrival)
+        seq.slot, seq.kv = self.free_slots.pop(0), 0
+        self.filling.append(seq)
+
+    # -- filling slots ------------------------------------------------------------------------
+    def _fill_step(self) -> None:
+        if not self.filling:
             return
         torch.set_num_threads(self.prefill_threads)
         try:
-            self._prefill_chunks()
+            budget = self.prefill_chunk
+            for seq in list(self.filling):
+                if budget <= 0:
+                    break
+                if seq.group.done or seq not in self.filling:
+                    continue
+                try:
+                    budget -= self._fill(seq, budget)
+                except Exception as exc:
+                    self._fail_group(seq.group, exc)
         finally:
             torch.set_num_threads(self.decode_threads)
 
-    def _prefill_chunks(self) -> None:
-        budget = self.prefill_chunk
-        for group in list(self.prefilling):
-            if budget <= 0:
-                break
-            try:
-                budget -= self._prefill_group(group, budget)
-            except Exception as exc:
-                self._fail_group(group, exc)
-
-    def _prefill_group(self, group: Group, budget: int) -> int:
-        """Prefill up to `budget` of the group's prompt tokens; returns how many it took."""
-        take = min(budget, group.prompt_len - group.prefilled)
-        chunk = group.prompt_ids[group.prefilled:group.prefilled + take]
-        lead = group.seqs[0]
-        logits = self.runner.prefill(lead.slot, chunk, group.prefilled)
-        group.prefilled += take
-        if group.prefilled < group.prompt_len:
-            return take
-        for seq in group.seqs[1:]:
-            self.runner.copy_slot(lead.slot, seq.slot, group.prompt_len)
-        for seq in group.seqs:
-            if seq.needs_penalties:
+    def _fill(self, seq: Sequence, budget: int) -> int:
+        """Bring the slot's KV closer to fill_target; returns the tokens prefilled."""
+        group, target = seq.group, seq.fill_target
+        prompt_part = min(group.prompt_len, target)
+        if seq.kv < prompt_part:
+            ahead = self.filling[:self.filling.index(seq)]
+            if any(s.group is group and s.kv < prompt_part for s in ahead):
+                return 0          # a sibling ahead is computing the prompt: copy it when done
+            # A sibling choice holding the prompt: copy it rather than compute it again.
+            donor = max((s for s in group.seqs if s is not seq and s.slot >= 0), key=lambda s: s.kv,
+                        default=None)
+            if donor is not None and min(donor.kv, prompt_part) > seq.kv:
+                seq.kv = min(donor.kv, prompt_part)
+                self.runner.copy_slot(donor.slot, seq.slot, seq.kv)
+            elif seq.kv == 0 and self.prefix_cache is not None:
+                blocks = self.prefix_cache.lookup(group.tenant, seq.token_ids[:prompt_part + 1])
+                if blocks:
+                    seq.kv = self.runner.import_prefix(seq.slot, blocks)
+        took = 0
+        if seq.kv < target:
+            took = min(budget, target - seq.kv)
+            self.runner.prefill(seq.slot, seq.token_ids[seq.kv:seq.kv + took], seq.kv)
+            seq.kv += took
+        if seq.kv >= prompt_part and not group.cached and self.prefix_cache is not None:
+            group.cached = True
+            slot = seq.slot
+            self.prefix_cache.store(group.tenant, group.prompt_ids[:prompt_part],
+                                    lambda start, end: self.runner.export_prefix(slot, start, end))
+        if seq.kv >= target:
+            self.filling.remove(seq)
+            if seq.needs_penalties:     # rebuilt from the tokens: the slot may be a new one
                 self.seen[seq.slot].zero_()
-                self.seen[seq.slot, group.prompt_ids] = True
+                self.seen[seq.slot, seq.token_ids] = True
                 self.counts[seq.slot].zero_()
-        if self.prefix_cache is not None:
-            self.prefix_cache.store(group.prompt_ids,
-                                    lambda start, end: self.runner.export_prefix(lead.slot, start, end))
-        self.prefilling.remove(group)
-        self.running.append(group)
-        group.first_token_at = time.monotonic()
-        self._sample_and_emit(group.seqs, logits.unsqueeze(0).expand(len(group.seqs), -1))
-        return take
+                out = seq.token_ids[group.prompt_len:]
+                if out:
+                    self.counts[seq.slot] += torch.bincount(torch.tensor(out),
+                                                            minlength=self.counts.shape[1]).to(torch.int32)
+        return took
 
+    # -- decoding -------------------------------------------------------------------------------
     def _decode_step(self) -> None:
-        seqs = sorted((s for g in self.running for s in g.seqs if s.finish is None),
-                      key=lambda s: s.slot)
+        seqs = sorted((s for g in self.active for s in g.seqs if s.decoding), key=lambda s: s.slot)
         if not seqs:
             return
         logits = self.runner.decode([s.slot for s in seqs], [s.token_ids[-1] for s in seqs],
                                     [len(s.token_ids) - 1 for s in seqs])
+        for s in seqs:
+            s.kv += 1
         self._sample_and_emit(seqs, logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor):
@@ -298,23 +420,18 @@ class Scheduler:
                 self._advance(seq, token, lp)
             except Exception as exc:
                 self._fail_group(seq.group, exc)
+                continue
+            if seq.finish is not None:
+                self._release(seq)      # a finished choice frees its slot for others at once
+        self.free_slots.sort()
         for group in {s.group for s in seqs}:
             if not group.done and all(s.finish is not None for s in group.seqs):
-                self.running.remove(group)
                 self._finish_group(group)
-
-    def _fail_group(self, group: Group, exc: Exception) -> None:
-        """An error inside one request's work ends that request alone."""
-        log.error("request %s failed in the engine", group.request_id, exc_info=exc)
-        for seq in group.seqs:
-            seq.finish = seq.finish or FinishReason.ERROR
-        for bucket in (self.prefilling, self.running):
-            if group in bucket:
-                bucket.remove(group)
-        self._finish_group(group, Internal(f"engine failure in this request: {type(exc).__name__}"))
 
     def _advance(self, seq: Sequence, token: int, lp) -> None:
         group, params = seq.group, seq.row.params
+        if group.first_token_at is None:
+            group.first_token_at = time.monotonic()
         seq.token_ids.append(token)
         seq.pending_ids.append(token)
         if lp is not None:

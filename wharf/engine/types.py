@@ -82,6 +82,9 @@ class GenerationRequest:
     messages: list[dict] | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     deadline: float | None = None     # time.monotonic() after which the request times out
+    # Who the request is for, opaque to the engine: requests of one tenant share one fair
+    # share of the batch and one prefix-cache namespace (vLLM's cache_salt).
+    tenant: str = ""
 
 
 @dataclass
