@@ -181,6 +181,9 @@ class Pipeline:
             request.deadline = time.monotonic() + self.timeout_s
         try:
             request.sampling.check()
+            # Fair shares of the batch and prefix-cache reuse go by account: one account's
+            # load or cached prompts never show in another's service.
+            request.tenant = f"account:{caller.principal.account_id}"
             engine = self.registry.resolve(request.model)
             prepared = engine.prepare(request)
             if request.messages is not None:
