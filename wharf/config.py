@@ -74,7 +74,20 @@ class Settings(BaseSettings):
     # running server also releases reservations older than request_timeout_s + 60 s.
     reconcile_on_start: str = "auto"
     reconcile_interval_s: float = 60.0
+    # One request-body limit for every route (wharf/api/body_limit.py): a declared larger
+    # body is refused before it is read, a chunked one when the count passes it.
     max_body_bytes: int = 4 * 1024 * 1024
+
+    # Slow or greedy HTTP clients (wharf/api/slow_clients.py). 0 turns a guard off.
+    # Open connections beyond which a request gets 503 (uvicorn's limit_concurrency).
+    max_connections: int = Field(1024, ge=0)
+    keep_alive_s: float = Field(5.0, ge=0)          # idle between two requests on one connection
+    header_timeout_s: float = Field(10.0, ge=0)     # request line + headers within this, else 408
+    max_header_bytes: int = Field(64 * 1024, ge=0)  # request line + headers larger: 431
+    # A body may stall at most body_timeout_s, and must all arrive within body_timeout_s
+    # plus 1 s per body_min_rate bytes received (slower: 408; the connection is closed).
+    body_timeout_s: float = Field(10.0, ge=0)
+    body_min_rate: int = Field(4096, ge=0)
 
     @property
     def upstream_urls(self) -> list[str]:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from wharf import __version__
 from wharf.api import openai
+from wharf.api.body_limit import BodyLimit
 from wharf.api.errors import openai_error
 from wharf.api.pipeline import Pipeline
 from wharf.config import Settings
@@ -117,6 +118,8 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     app.state.lexicon = lexicon                         # PUT /admin/api/safety/lexicon writes through it
     app.state.lexicon_path = lexicon_path               # where PUT /admin/api/safety/lexicon persists
     app.state.limiter = limiter
+    # Middleware runs outermost-last-added: the throttle, then the body limit, then routes.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
                                   timeout_s=settings.request_timeout_s,
                                   default_limits=Limits(rpm=settings.default_rpm or None,

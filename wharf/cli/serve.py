@@ -145,6 +145,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from wharf.api.app import create_app
+        from wharf.api.slow_clients import raise_fd_limit, server_options
         from wharf.platform.core import Platform
 
         import datetime as dt
@@ -191,9 +192,11 @@ def register(app: typer.Typer) -> None:
         # them; at the default 5 ms switch interval the HTTP thread could keep it that long
         # while the model thread's OpenMP team sat idle (1 stream, 2 cores: TPOT 26 -> 21 ms).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        raise_fd_limit(settings.max_connections)
         try:
+            # Connection cap, keep-alive, header and body read timeouts (slow_clients.py).
             uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                        timeout_graceful_shutdown=settings.shutdown_grace_s)
+                        timeout_graceful_shutdown=settings.shutdown_grace_s, **server_options(settings))
         finally:
             registry.shutdown()
             platform.close()

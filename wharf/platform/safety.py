@@ -1,25 +1,43 @@
 """Content safety: a lexicon matched on input and, while streaming, on output.
 
-Matching is case- and width-insensitive. Both the lexicon and the text are
-normalised one code point at a time::
+Matching follows Unicode's compatibility caseless matching (UAX #15, D146;
+the fold behind NFKC_Casefold and UTS #39's skeletons), applied to the
+lexicon and the text alike, one code point at a time::
 
-    norm(c) = NFKC(casefold(NFKC(c)))      minus a few invisible format chars
+    norm(c) = NFKD(casefold(NFKD(casefold(NFD(c)))))   minus default-ignorables
 
-so full-width Latin ("ＢＡＤ") matches "bad", "É" matches "é", "ﬁ" matches
-"fi", half-width katakana matches full-width, and Chinese terms match as they
-are. Normalising per code point
-(rather than the whole string) keeps an exact map from every normalised
-position back to the original code point that produced it, which is what lets
-the stream guard cut *before* a term even when normalisation changes lengths
-("ﬁ" -> "fi", "ß" -> "ss").
+then canonical reordering of combining marks across code points, so the
+result is the text's NFKD-casefold form. Full-width Latin ("ＢＡＤ")
+matches "bad", "ﬁ" matches "fi", "ß" matches "ss", half-width katakana
+matches full-width, and a precomposed "é" matches a decomposed "e\u0301"
+(both are "e\u0301" here). Normalising per code point keeps an exact map
+from every normalised position back to the original code point that produced
+it, which is what lets the stream guard cut *before* a term even when
+normalisation changes lengths.
 
-Zero-width space/joiners, the word joiner, BOM and soft hyphen normalise to
-nothing, so "b\u200bad" still matches "bad".
+Ignored (normalise to nothing), so they cannot hide a term: every code point
+of general category Cf (zero-width space/joiners, bidi marks and isolates,
+invisible operators, the Mongolian vowel separator, soft hyphen, BOM, tags
+E0000-E007F, ...) as Python's unicodedata knows it, the rest of Unicode's
+Default_Ignorable_Code_Point set (Other_Default_Ignorable_Code_Point and
+Variation_Selector from PropList.txt: CGJ U+034F, Hangul fillers U+115F,
+U+1160, U+3164, U+FFA0, Mongolian FVS U+180B-180F, VS1-256 FE00-FE0F and
+E0100-E01EF, the reserved E0000-E0FFF), and C0/C1 controls other than
+whitespace (they print nothing either).
 
-Known limit: composition across code points is not done, so a decomposed
-"e\u0301" does not match a composed "é" in the lexicon (and vice versa). We
-chose this over per-code-point NFKD, which would make Hangul and kana with
-voicing marks match terms they do not contain ("하나" would contain "한").
+Decomposed matching would let a term match the first part of a character
+("하" inside "한", which decomposes to 하 + a final consonant; "か" in
+"が"); so a match followed by a character that attaches to its last one (a
+combining mark, or one that NFC composes with it: Hangul final jamo, Indic
+two-part vowels) is not a match. The stream guard blocks a term that ends
+exactly at the end of what it has seen without waiting to learn whether a
+mark follows (it errs towards blocking).
+
+Known limits: combining marks that a stream delivers out of canonical order
+across two chunks ("ê", then a dot below in the next chunk, against a term
+spelled "ệ") are not reordered across the chunk boundary once the first part
+was released; code points unassigned in Python's Unicode database (14.0 on
+Python 3.11) are not known to be Cf.
 
 Usage::
 
@@ -46,23 +64,68 @@ import ahocorasick_rs
 
 from wharf.errors import ContentBlocked
 
-__all__ = ["Lexicon", "StreamGuard", "SafetyPolicy", "normalize", "load_terms"]
+__all__ = ["Lexicon", "StreamGuard", "SafetyPolicy", "normalize", "load_terms", "is_ignorable"]
 
-# Invisible format characters that are used to split a word without changing
-# how it looks. They normalise to "" so they cannot hide a term.
-_IGNORED = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad")
+# Default_Ignorable_Code_Point = Cf + Variation_Selector + Other_Default_Ignorable_Code_Point
+# (minus a few Cf that we ignore anyway). unicodedata has the category but not these two
+# properties, so their ranges (PropList.txt, unchanged since Unicode 14) are listed here.
+_DEFAULT_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),     # COMBINING GRAPHEME JOINER
+    (0x115F, 0x1160),     # HANGUL CHOSEONG FILLER, HANGUL JUNGSEONG FILLER
+    (0x17B4, 0x17B5),     # KHMER VOWEL INHERENT AQ, AA
+    (0x180B, 0x180F),     # MONGOLIAN FREE VARIATION SELECTORS (U+180E, the vowel separator, is Cf)
+    (0x2065, 0x2065),     # reserved, among the invisible operators
+    (0x3164, 0x3164),     # HANGUL FILLER
+    (0xFE00, 0xFE0F),     # VARIATION SELECTOR-1..16
+    (0xFFA0, 0xFFA0),     # HALFWIDTH HANGUL FILLER
+    (0xFFF0, 0xFFF8),     # reserved
+    (0xE0000, 0xE0FFF),   # tags (E0000-E007F), VARIATION SELECTOR-17..256 (E0100-E01EF), reserved
+)
+
+
+def is_ignorable(c: str) -> bool:
+    """True for a code point the matcher ignores: general category Cf, the rest of
+    Default_Ignorable_Code_Point, and controls (Cc) other than whitespace."""
+    cat = unicodedata.category(c)
+    if cat == "Cf":
+        return True
+    if cat == "Cc":
+        return not c.isspace()
+    cp = ord(c)
+    return any(lo <= cp <= hi for lo, hi in _DEFAULT_IGNORABLE_RANGES)
 
 
 @lru_cache(maxsize=65536)
 def _norm_char(c: str) -> str:
-    if c in _IGNORED:
+    if is_ignorable(c):
         return ""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", c).casefold())
+    nf = unicodedata.normalize
+    n = nf("NFKD", nf("NFKD", nf("NFD", c).casefold()).casefold())
+    if n != c and any(is_ignorable(x) for x in n):
+        n = "".join(x for x in n if not is_ignorable(x))
+    return n
 
 
-def normalize(text: str) -> str:
-    """The normalised form used for matching (per code point, see module doc)."""
-    return "".join(_norm_char(c) for c in text)
+def _reorder(norm: str, owner: list[int]) -> tuple[str, list[int]]:
+    """Canonical ordering of combining marks across code points (each code point's own
+    marks are already in order). A run of marks and the starter before it become one
+    unit: every position in it maps to the starter's code point, so a cut never
+    separates a character from its marks."""
+    chars = list(norm)
+    i, n = 0, len(chars)
+    while i < n:
+        if not unicodedata.combining(chars[i]):
+            i += 1
+            continue
+        j = i
+        while j < n and unicodedata.combining(chars[j]):
+            j += 1
+        chars[i:j] = sorted(chars[i:j], key=unicodedata.combining)   # stable, as the algorithm says
+        base = i - 1 if i > 0 else i
+        for k in range(base + 1, j):
+            owner[k] = owner[base]
+        i = j
+    return "".join(chars), owner
 
 
 def _normalize_with_map(text: str) -> tuple[str, list[int]]:
@@ -74,9 +137,36 @@ def _normalize_with_map(text: str) -> tuple[str, list[int]]:
         n = _norm_char(c)
         if n:
             parts.append(n)
-            owner.extend([i] * len(n))
+            if len(n) == 1:
+                owner.append(i)
+            else:
+                owner.extend([i] * len(n))
     owner.append(len(text))
-    return "".join(parts), owner
+    norm = "".join(parts)
+    if not norm.isascii() and not unicodedata.is_normalized("NFD", norm):
+        norm, owner = _reorder(norm, owner)
+    return norm, owner
+
+
+def normalize(text: str) -> str:
+    """The normalised form used for matching (see module doc)."""
+    norm = "".join(map(_norm_char, text))
+    if not norm.isascii() and not unicodedata.is_normalized("NFD", norm):
+        norm = unicodedata.normalize("NFD", norm)     # only reorders marks: all is decomposed
+    return norm
+
+
+def _attaches(norm: str, e: int) -> bool:
+    """Whether norm[e] belongs to the character that ends at norm[e-1]: a combining mark,
+    or a starter that NFC composes with what precedes it (Hangul final jamo, ...)."""
+    c = norm[e]
+    if unicodedata.combining(c):
+        return True
+    if c.isascii():
+        return False
+    k = max(0, e - 2)
+    nf = unicodedata.normalize
+    return len(nf("NFC", norm[k:e + 1])) <= len(nf("NFC", norm[k:e]))
 
 
 def load_terms(path: str | os.PathLike[str]) -> list[str]:
@@ -114,6 +204,7 @@ class Lexicon:
             ahocorasick_rs.AhoCorasick(self._norm_terms, matchkind=ahocorasick_rs.MATCHKIND_LEFTMOST_LONGEST)
             if self._norm_terms else None
         )
+        self._ac_all = None         # every-match automaton, built on first need
         # Every proper prefix of every normalised term: what the stream guard holds back.
         self._prefixes = frozenset(n[:k] for n in self._norm_terms for k in range(1, len(n)))
         self._max_len = max((len(n) for n in self._norm_terms), default=0)
@@ -134,11 +225,25 @@ class Lexicon:
         return True
 
     def _first_match(self, norm: str) -> tuple[int, int, int] | None:
-        """(term index, start, end) of the leftmost match in normalised text."""
+        """(term index, start, end) of the leftmost match in normalised text: leftmost
+        start, then longest, skipping a match whose last character is continued by the
+        next one (see _attaches)."""
         if self._ac is None or not norm:
             return None
         m = self._ac.find_matches_as_indexes(norm)
-        return m[0] if m else None
+        if not m:
+            return None
+        first = m[0]
+        if first[2] == len(norm) or not _attaches(norm, first[2]):
+            return first
+        # Rare: the leftmost-longest match is not one; look at every (overlapping) match.
+        if self._ac_all is None:
+            self._ac_all = ahocorasick_rs.AhoCorasick(self._norm_terms, matchkind=ahocorasick_rs.MATCHKIND_STANDARD)
+        for cand in sorted(self._ac_all.find_matches_as_indexes(norm, overlapping=True),
+                           key=lambda t: (t[1], t[1] - t[2])):
+            if cand[2] == len(norm) or not _attaches(norm, cand[2]):
+                return cand
+        return None
 
     def find(self, text: str) -> str | None:
         """The first (leftmost) term found in text, as spelled in the lexicon, or None."""
