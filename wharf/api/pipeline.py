@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -49,6 +50,45 @@ def _limits(rpm=None, tpm=None, qps=None, conc=None) -> Limits | None:
     return Limits(**vals) if any(vals.values()) else None
 
 
+class _TokenGate:
+    """One choice's token-level views (token ids, logprobs) kept in step with the text the
+    output guard lets out. The engine sends each chunk's tokens with the text they made;
+    a chunk's tokens leave only with the last character of that text, and text leaves
+    only up to the end of a chunk, so what a caller sees of tokens and of text is cut at
+    the same point: no token whose text (or part of it) the guard held back or cut."""
+
+    __slots__ = ("received", "sent", "ready", "groups")
+
+    def __init__(self):
+        self.received = 0                   # characters of engine text given to the guard
+        self.sent = 0                       # characters passed on to the caller
+        self.ready = ""                     # let out by the guard, waiting for its chunk's end
+        self.groups: deque[tuple[int, list, list | None]] = deque()   # (end, ids, logprobs)
+
+    def push(self, chunk: Chunk) -> None:
+        self.received += len(chunk.text)
+        self.groups.append((self.received, chunk.token_ids, chunk.logprobs))
+
+    def release(self, text: str) -> tuple[str, list, list]:
+        """What of the guard's output `text` may go now, with the tokens that made it."""
+        if not self.ready and len(self.groups) == 1 and self.sent + len(text) == self.received:
+            _, ids, lps = self.groups.popleft()           # the usual case: nothing held
+            self.sent = self.received
+            return text, ids, lps or []
+        avail = self.ready + text
+        limit = self.sent + len(avail)
+        ids: list = []
+        lps: list = []
+        upto = self.sent
+        while self.groups and self.groups[0][0] <= limit:
+            upto, i, lp = self.groups.popleft()
+            ids.extend(i)
+            lps.extend(lp or ())
+        out, self.ready = avail[:upto - self.sent], avail[upto - self.sent:]
+        self.sent = upto
+        return out, ids, lps
+
+
 class Run:
     """An admitted request. Iterate `chunks()` once; everything is settled when it ends,
     however it ends (finished, blocked, failed, or the client went away)."""
@@ -77,6 +117,7 @@ class Run:
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         guards = [self.pipeline.safety.stream_guard() for _ in self.choices]
+        gates = [_TokenGate() for _ in self.choices]
         try:
             async for chunk in self.engine.generate(self.prepared):
                 state, guard = self.choices[chunk.index], guards[chunk.index]
@@ -87,12 +128,19 @@ class Run:
                 state.completion_tokens = chunk.completion_tokens
                 if chunk.prompt_tokens:       # an upstream engine knows the real count
                     self.prompt_tokens = chunk.prompt_tokens
-                chunk.text = guard.feed(chunk.text)
+                gate = gates[chunk.index]
+                gate.push(chunk)
+                text = guard.feed(chunk.text)
                 if guard.blocked:
                     chunk.finish_reason = FinishReason.CONTENT
                     self.pipeline.metrics.content_blocked("output")
                 elif chunk.finish_reason is not None:
-                    chunk.text += guard.flush()
+                    text += guard.flush()
+                # Token ids and logprobs are cut where the text is (everything past the
+                # guard's cut is dropped with the rest of the choice).
+                had_logprobs = chunk.logprobs is not None
+                chunk.text, chunk.token_ids, lps = gate.release(text)
+                chunk.logprobs = lps if had_logprobs else None
                 room = self._make_room(len(chunk.text))
                 extra: list[Chunk] = []
                 if room < len(chunk.text):
