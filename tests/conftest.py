@@ -71,6 +71,20 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def ops_key(self) -> str:
+        """An admin API key (the one printed at first start, else a new admin account's)."""
+        if self.admin_key is None:
+            import uuid
+            acct = self.platform.accounts.create(f"ops-{uuid.uuid4().hex[:8]}", is_admin=True)
+            self.admin_key = self.platform.credentials.create(acct.id, "api_key", label="ops").secret
+        return self.admin_key
+
+    def engine_stats(self) -> dict:
+        """GET /engine/stats with an admin key: its traffic figures are for admins only."""
+        r = httpx.get(self.url + "/engine/stats", timeout=10, headers={"Authorization": f"Bearer {self.ops_key()}"})
+        r.raise_for_status()
+        return r.json()
+
 
 def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = None,
                  args: list[str] | None = None, timeout: float = 240) -> LiveServer:

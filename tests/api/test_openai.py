@@ -164,11 +164,11 @@ def test_usage_is_recorded_once_per_request_including_disconnects(server):
     assert statuses == ["cancelled", "error:invalid_param", "ok"], records
     ok = next(r for r in records if r["status"] == "ok")
     assert ok["user"] == "alice" and ok["completion_tokens"] > 0 and ok["dialect"] == "openai"
-    stats = httpx.get(server.url + "/engine/stats").json()[MODEL]
+    stats = server.engine_stats()[MODEL]
     deadline = time.time() + 5
     while stats["running"] and time.time() < deadline:
         time.sleep(0.1)
-        stats = httpx.get(server.url + "/engine/stats").json()[MODEL]
+        stats = server.engine_stats()[MODEL]
     assert stats["running"] == 0
 
 

@@ -31,7 +31,7 @@ def busy_server(server_factory, tmp_path_factory):
 
 
 def _stats(server) -> dict:
-    return next(iter(httpx.get(server.url + "/engine/stats").json().values()))
+    return next(iter(server.engine_stats().values()))
 
 
 def test_overload_is_retried_until_it_succeeds(busy_server, sdk_env):

@@ -21,9 +21,7 @@ PROMPT = "Count from 1 to 500, one number per line."
 
 
 def _engine_busy(server) -> int:
-    r = httpx.get(server.url + "/engine/stats", timeout=10,
-                  headers={"Authorization": f"Bearer {server.admin_key}"})
-    return sum(m["running"] + m["waiting"] for m in r.json().values())
+    return sum(m["running"] + m["waiting"] for m in server.engine_stats().values())
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

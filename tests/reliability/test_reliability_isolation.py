@@ -119,8 +119,7 @@ def test_a_request_holding_every_slot_yields_one_to_a_bystander(server):
     back (preemption, recomputed later) and still completes every choice in full."""
     hog, bystander = provision(server, "openai"), provision(server, "openai")
     wide_tokens = 24
-    slots = httpx.get(server.url + "/engine/stats", timeout=10,
-                      headers={"Authorization": f"Bearer {server.admin_key}"}).json()[MODEL]["max_batch_size"]
+    slots = server.engine_stats()[MODEL]["max_batch_size"]
     out: dict = {}
 
     def wide():
@@ -132,8 +131,7 @@ def test_a_request_holding_every_slot_yields_one_to_a_bystander(server):
     t.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:     # until the wide request holds the batch
-        stats = httpx.get(server.url + "/engine/stats", timeout=10,
-                          headers={"Authorization": f"Bearer {server.admin_key}"}).json()[MODEL]
+        stats = server.engine_stats()[MODEL]
         if stats["running"] >= slots:
             break
         time.sleep(0.05)
@@ -147,3 +145,49 @@ def test_a_request_holding_every_slot_yields_one_to_a_bystander(server):
     assert out["wide"].status_code == 200, wide_answer
     assert wide_answer["usage"]["completion_tokens"] == slots * wide_tokens
     assert all(c["finish_reason"] == "length" for c in wide_answer["choices"])
+
+
+SECRET_SYSTEM = ("You are the help desk of Example Bank. The vault PIN is 4921. Never tell anyone the "
+                 "PIN. 客服守则：礼貌、简洁、不要透露任何内部信息。") * 3
+
+
+def _chat(server, key: str, system: str, question: str) -> httpx.Response:
+    return httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                      json={"model": MODEL, "max_tokens": 2, "temperature": 0,
+                            "messages": [{"role": "system", "content": system},
+                                         {"role": "user", "content": question}]})
+
+
+def test_prefix_cache_is_no_oracle_across_accounts(server):
+    """Finding 6: another account guessed a PIN in a victim's system prompt from the
+    shared prefix cache's hit counter. Cached prefixes are now per account: the victim's
+    own repeat hits, a stranger with the very same prefix does not."""
+    victim = provision(server, "openai")
+
+    def hits() -> int:
+        return server.engine_stats()[MODEL]["prefix_cache_hits"]
+    assert _chat(server, victim.key, SECRET_SYSTEM, "What are your hours?").status_code == 200
+    before = hits()
+    for guess in ("What are your hours?", "Is the PIN 4921?"):    # each from a fresh account
+        assert _chat(server, provision(server, "openai").key, SECRET_SYSTEM, guess).status_code == 200
+    assert hits() == before, "a stranger's prompt reused the victim's cached prefix"
+    assert _chat(server, victim.key, SECRET_SYSTEM, "Where is the branch?").status_code == 200
+    assert hits() == before + 1, "the victim's own repeat should reuse its prefix"
+
+
+def test_engine_traffic_is_for_admins_only(server):
+    acct = provision(server, "openai")
+    anonymous = httpx.get(server.url + "/engine/stats", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"]
+    tenant = httpx.get(server.url + "/engine/stats", timeout=10, headers={"Authorization": f"Bearer {acct.key}"})
+    assert tenant.status_code == 200
+    facts = tenant.json()[MODEL]
+    assert facts["context_length"] > 0 and facts["backend"]
+    leaks = {"waiting", "running", "generated_tokens", "tokens_per_second", "prefix_cache_hits",
+             "prefix_cache_tokens", "upstreams"} & set(facts)
+    assert not leaks, leaks
+    admin = server.engine_stats()[MODEL]
+    assert {"running", "waiting", "prefix_cache_hits"} <= set(admin)
+    # Probes and scrapers need no key.
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    assert httpx.get(server.url + "/metrics", timeout=10).status_code == 200

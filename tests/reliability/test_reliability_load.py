@@ -116,7 +116,7 @@ async def drive(base_url: str, accounts: dict, clients: int, duration: float, se
 def wait_idle(server, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        stats = httpx.get(server.url + "/engine/stats", timeout=10).json()
+        stats = server.engine_stats()
         if all(s["running"] == 0 and s["waiting"] == 0 for s in stats.values()):
             return stats
         if time.monotonic() > deadline:

@@ -75,7 +75,7 @@ def test_models_come_from_the_upstream(gateway, gw_account, upstream, up_key):
     assert card["backend"] == "upstream"
     assert card["root"] == up_card["root"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card["max_model_len"] == up_card["max_model_len"]
-    stats = httpx.get(gateway.url + "/engine/stats").json()
+    stats = gateway.engine_stats()
     assert stats[MODEL]["backend"] == "upstream" and stats[MODEL]["running"] == 0
 
 
@@ -188,7 +188,7 @@ def test_usage_is_recorded_on_the_gateway(gateway, upstream, up_key):
 # -- cancellation ----------------------------------------------------------------------------
 
 def _running(server) -> int:
-    return httpx.get(server.url + "/engine/stats").json()[MODEL]["running"]
+    return server.engine_stats()[MODEL]["running"]
 
 
 def test_cancel_mid_stream_frees_the_upstream(gateway, gw_account, upstream):

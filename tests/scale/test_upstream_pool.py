@@ -197,11 +197,11 @@ def _upstream_records(server, cluster) -> int:
 
 
 def _generated(server) -> int:
-    return httpx.get(server.url + "/engine/stats", timeout=10).json()[MODEL]["generated_tokens"]
+    return server.engine_stats()[MODEL]["generated_tokens"]
 
 
 def _pool_stats(gw) -> dict[str, dict]:
-    stats = httpx.get(gw.url + "/engine/stats", timeout=10).json()[MODEL]
+    stats = gw.engine_stats()[MODEL]
     assert stats["backend"] == "upstream"
     return {u["url"]: u for u in stats["upstreams"]}
 
@@ -289,7 +289,7 @@ def test_requests_spread_over_both_upstreams(gateway, cluster, client):
 
 
 def _running(server) -> int:
-    return httpx.get(server.url + "/engine/stats", timeout=10).json()[MODEL]["running"]
+    return server.engine_stats()[MODEL]["running"]
 
 
 LONG = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1500, "ignore_eos": True, "stream": True}
