@@ -16,9 +16,11 @@ from starlette.responses import JSONResponse, Response
 from wharf import __version__
 from wharf.api import openai
 from wharf.api.body_limit import BodyLimit
+from wharf.api.common import bearer_token
 from wharf.api.errors import openai_error
 from wharf.api.pipeline import Pipeline
 from wharf.config import Settings
+from wharf.errors import WharfError
 from wharf.platform.core import Platform
 from wharf.platform.lexicon_store import LexiconSync
 from wharf.platform.limits import Limits, make_limiter
@@ -173,10 +175,21 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         return Response(body, media_type=content_type)
 
     @app.get("/engine/stats", tags=["ops"])
-    async def engine_stats():
-        return {e.info.name: {**engine_stats_fields(e.stats()), "context_length": e.info.context_length,
-                              "backend": e.info.backend, "identity": e.info.identity}
-                for e in engines}
+    async def engine_stats(request: Request):
+        """Per model, what it is; and for an admin key its live traffic (queue, batch, rates,
+        prefix-cache and upstream counters), which tells of every account's use. Any other
+        valid key sees the model facts only. /health and /metrics stay open for probes."""
+        try:
+            principal = platform.authenticator.bearer(bearer_token(request))
+        except WharfError as exc:
+            return openai_error(exc)
+        out = {}
+        for e in engines:
+            stats = e.stats()
+            traffic = engine_stats_fields(stats) if principal.is_admin else {"max_batch_size": stats.max_batch_size}
+            out[e.info.name] = {**traffic, "context_length": e.info.context_length, "backend": e.info.backend,
+                                "identity": e.info.identity}
+        return out
 
     return app
 

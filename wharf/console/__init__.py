@@ -281,7 +281,7 @@ def build_console_router() -> APIRouter:
         sess, p, bad = await guard(request)
         if bad:
             return bad
-        up = await client(request).get("/engine/stats")
+        up = await client(request).get("/engine/stats", headers={"Authorization": f"Bearer {sess.key}"})
         return Response(up.content, status_code=up.status_code, media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
