@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     default_max_concurrency: int | None = None
     default_quota_chars_per_day: int | None = None
     default_quota_tokens_per_day: int | None = None
+    # Account, credential and service limits and these defaults (rpm, tpm, qps,
+    # max_concurrency, daily quotas): None (unset) = no limit, 0 = nothing allowed.
+
+    # What one account may hold (None: no cap; 0: none may be created): active
+    # credentials and services, whoever creates them (wharf/platform/tenancy.py).
+    max_credentials_per_account: int | None = Field(50, ge=0)
+    max_services_per_account: int | None = Field(100, ge=0)
+    # The longest a self-signed credential may still be valid from now: a SenseNova JWT
+    # (exp - now) or a BCE v1 signature (timestamp + expiration - now). Longer: 401 / 14.
+    max_token_lifetime_s: int = Field(24 * 3600, ge=60, le=10 * 365 * 24 * 3600)
 
     request_timeout_s: float = 600.0         # per-request deadline (WeLM 504)
     shutdown_grace_s: float = 30.0           # SIGTERM: in-flight requests get this long to finish

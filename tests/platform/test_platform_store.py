@@ -25,7 +25,7 @@ TABLES = {"accounts", "credentials", "access_tokens", "services", "usage_records
 def test_migrations_on_empty_database_match_models(store):
     assert TABLES <= set(store.table_names())
     with store.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -54,6 +54,39 @@ def test_upgrade_from_0001_keeps_data(db_url):
     assert TABLES <= set(s.table_names())
     with s.read() as session:
         assert session.scalar(select(Account.name)) == "old"
+    s.close()
+
+
+def test_upgrade_from_0002_keeps_what_zero_limits_allowed(db_url):
+    """0003: rpm/tpm/qps/max_concurrency = 0 meant "no limit" and now means "nothing
+    allowed": stored zeros are rewritten so that nobody's limits change (credentials and
+    services: NULL; accounts, where NULL is the platform default: the largest value);
+    daily quotas (0 already meant nothing) are kept."""
+    from sqlalchemy import create_engine
+
+    from wharf.platform.store import upgrade
+
+    engine = create_engine(db_url)
+    upgrade(engine, "0002")
+    with engine.begin() as c:
+        c.execute(text("insert into accounts (id, name, status, is_admin, created_at, rpm, tpm, qps, "
+                       "max_concurrency, quota_chars_per_day, quota_tokens_per_day) values "
+                       "(1, 'zero', 'active', false, '2026-01-01 00:00:00', 0, 0, 5, 0, 0, 0)"))
+        c.execute(text("insert into credentials (id, account_id, kind, label, public_id, created_at, rpm, tpm, "
+                       "qps, max_concurrency) values (1, 1, 'api_key', '', 'wk-x', '2026-01-01 00:00:00', "
+                       "0, 7, 0, 0)"))
+        c.execute(text("insert into services (id, account_id, endpoint, model, kind, description, rpm, tpm, "
+                       "created_at, updated_at) values (1, 1, 'ep', 'm', 'chat', '', 0, 3, "
+                       "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+    engine.dispose()
+    s = Store.open(db_url)
+    with s.read() as session:
+        a, c, v = session.get(Account, 1), session.get(Credential, 1), session.get(Service, 1)
+        assert (a.rpm, a.tpm, a.qps, a.max_concurrency) == (2**31 - 1, 2**31 - 1, 5, 2**31 - 1)
+        assert (a.quota_chars_per_day, a.quota_tokens_per_day) == (0, 0)
+        assert (a.key_rpm, a.service_tpm) == (None, None)
+        assert (c.rpm, c.tpm, c.qps, c.max_concurrency) == (None, 7, None, None)
+        assert (v.rpm, v.tpm) == (None, 3)
     s.close()
 
 
@@ -260,3 +293,51 @@ def test_foreign_keys_enforced(platform):
             s.add(Service(account_id=999, endpoint="x", model="xl", kind="chat", description=""))
     with platform.store.read() as s:
         assert s.scalar(select(func.count(Account.id))) == 0
+
+
+def test_caps_and_ceilings_hold_under_concurrent_writes(platform):
+    """The per-account caps count and insert under the account row's lock (FOR UPDATE on
+    PostgreSQL, BEGIN IMMEDIATE on SQLite): 12 concurrent creates against a cap of 4 make
+    exactly 4; and a tenant's concurrent raises never pass the ceiling."""
+    import concurrent.futures as cf
+
+    from wharf.platform.credentials import Credentials
+    from wharf.platform.services import Services
+
+    a = platform.accounts.create("capped")
+    tenant = Principal(account_id=a.id, account_name="capped", is_admin=False, credential_id=0,
+                       credential_kind="api_key")
+    creds = Credentials(platform.store, platform.secret_box, max_per_account=4)
+    svcs = Services(platform.store, MODELS.__contains__, max_per_account=2)
+
+    def one(i):
+        try:
+            creds.create(a.id, "api_key", label=f"k{i}", actor=tenant)
+            return "made"
+        except PermissionDenied:
+            return "refused"
+    with cf.ThreadPoolExecutor(12) as pool:
+        got = sorted(pool.map(one, range(12)))
+    assert got == ["made"] * 4 + ["refused"] * 8
+    assert len(creds.list(a.id, include_revoked=False)) == 4
+
+    def svc(i):
+        try:
+            svcs.create(a.id, f"cap-{i}", "xl", "chat", actor=tenant)
+            return "made"
+        except PermissionDenied:
+            return "refused"
+    with cf.ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(svc, range(6))) == ["made"] * 2 + ["refused"] * 4
+
+    cid = creds.list(a.id)[0].id
+    creds.update_limits(cid, rpm=10)                              # the operator: ceiling 10
+    assert platform.accounts.get(a.id).key_rpm == 10
+    with pytest.raises(PermissionDenied):
+        creds.update_limits(cid, rpm=None, actor=tenant)
+    assert creds.update_limits(cid, rpm=3, actor=tenant).rpm == 3
+    assert creds.update_limits(cid, rpm=10, actor=tenant).rpm == 10
+    with pytest.raises(PermissionDenied):
+        creds.update_limits(cid, rpm=11, actor=tenant)
+    with pytest.raises(InvalidParam):
+        creds.update_limits(cid, rpm=2**31)                       # the column's range

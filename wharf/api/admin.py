@@ -5,6 +5,10 @@ everything; any other account's key manages only that account's own
 credentials, services and usage (the console signs non-admin users in too).
 Asking for another account explicitly (?account_id= / "account_id") is 403;
 another account's object by id is 404, so ids of others' objects leak nothing.
+A non-admin account's own credentials and services stay within the ceilings its
+provider set (wharf/platform/tenancy.py: lower yes, raise or clear no, 403), and
+an account holds at most WHARF_MAX_CREDENTIALS_PER_ACCOUNT active credentials and
+WHARF_MAX_SERVICES_PER_ACCOUNT services (403 beyond).
 
 Errors: {"error": {"message", "type", "param"}} with 401 (auth), 403, 404,
 409 (duplicate), 400 (a value the platform rejects), 422 (body/query schema).
@@ -31,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, PermissionDenied,
                           QuotaExceeded, RateLimited, WharfError)
+from wharf.platform import validate
 from wharf.platform.auth import Principal
 
 log = logging.getLogger("wharf.admin")
@@ -95,19 +100,45 @@ class AccountOut(_Out):
     tpm: int | None
     qps: int | None
     max_concurrency: int | None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
+    key_qps: int | None = None
+    key_max_concurrency: int | None = None
+    service_rpm: int | None = None
+    service_tpm: int | None = None
+
+
+_LIMIT = "null: no limit; 0: nothing allowed (every request refused); n: at most n"
+_CEILING = ("the most the account may give {} of its own {} itself (null: no ceiling); setting it brings "
+            "the account's {} above it down to it; a limit an admin sets on one of them tightens it")
 
 
 class Limits(BaseModel):
+    """Limits of a credential (they narrow the account's). A non-admin account may lower them,
+    or set them up to its account's ceilings (key_*), but never raise one above both its
+    current value and the ceiling, nor clear one under a ceiling (403)."""
     model_config = ConfigDict(extra="forbid")
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
-    qps: int | None = Field(None, ge=0)
-    max_concurrency: int | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0, description="requests a minute; " + _LIMIT)
+    tpm: int | None = Field(None, ge=0, description="tokens a minute (prompt + output); " + _LIMIT)
+    qps: int | None = Field(None, ge=0, description="requests a second; " + _LIMIT)
+    max_concurrency: int | None = Field(None, ge=0, description="requests at once; " + _LIMIT)
+
+
+def _ceiling(field: str, kind: str) -> str:
+    return _CEILING.format(field, kind, kind)
 
 
 class AccountLimits(Limits):
-    quota_chars_per_day: int | None = Field(None, ge=0)
-    quota_tokens_per_day: int | None = Field(None, ge=0)
+    """An account's limits (admin only). null on rpm ... quota_*: the platform default
+    (WHARF_DEFAULT_*) applies, or no limit without one."""
+    quota_chars_per_day: int | None = Field(None, ge=0, description="generated characters a day; " + _LIMIT)
+    quota_tokens_per_day: int | None = Field(None, ge=0, description="tokens a day; " + _LIMIT)
+    key_rpm: int | None = Field(None, ge=0, description=_ceiling("rpm", "credentials"))
+    key_tpm: int | None = Field(None, ge=0, description=_ceiling("tpm", "credentials"))
+    key_qps: int | None = Field(None, ge=0, description=_ceiling("qps", "credentials"))
+    key_max_concurrency: int | None = Field(None, ge=0, description=_ceiling("max_concurrency", "credentials"))
+    service_rpm: int | None = Field(None, ge=0, description=_ceiling("rpm", "services"))
+    service_tpm: int | None = Field(None, ge=0, description=_ceiling("tpm", "services"))
 
 
 class AccountCreate(AccountLimits):
@@ -172,8 +203,8 @@ class ServiceCreate(BaseModel):
     model: str = Field(min_length=1, max_length=128)
     kind: Literal["completions", "chat"]
     description: str = Field("", max_length=1024)
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0, description="requests a minute; " + _LIMIT)
+    tpm: int | None = Field(None, ge=0, description="tokens a minute; " + _LIMIT)
 
 
 class ServiceUpdate(BaseModel):
@@ -181,8 +212,8 @@ class ServiceUpdate(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=128)
     kind: Literal["completions", "chat"] | None = None
     description: str | None = Field(None, max_length=1024)
-    rpm: int | None = Field(None, ge=0)
-    tpm: int | None = Field(None, ge=0)
+    rpm: int | None = Field(None, ge=0, description="requests a minute; " + _LIMIT)
+    tpm: int | None = Field(None, ge=0, description="tokens a minute; " + _LIMIT)
 
 
 class UsageRowOut(_Out):
@@ -342,7 +373,7 @@ def build_admin_router() -> APIRouter:
         f = _set_fields(body)
         target = _target_account(p, f.pop("account_id", None))
         kind, label = f.pop("kind", "api_key"), f.pop("label", "")
-        issued = _platform(request).credentials.create(target, kind, label=label, **f)
+        issued = _platform(request).credentials.create(target, kind, label=label, actor=p, **f)
         return IssuedCredentialOut(**issued.to_dict())
 
     @r.get("/credentials/{credential_id}", response_model=CredentialOut)
@@ -354,7 +385,7 @@ def build_admin_router() -> APIRouter:
         """Set a credential's own limits (they only narrow the account's). Owners may too."""
         cred = _platform(request).credentials
         _owned(p, cred.get(credential_id), "credential")
-        return cred.update_limits(credential_id, **_set_fields(body))
+        return cred.update_limits(credential_id, actor=p, **_set_fields(body))
 
     @r.post("/credentials/{credential_id}/revoke", response_model=CredentialOut)
     def revoke_credential(credential_id: int, request: Request, p: Principal = P):
@@ -382,7 +413,7 @@ def build_admin_router() -> APIRouter:
         target = _target_account(p, f.pop("account_id", None))
         return _platform(request).services.create(
             target, f.pop("endpoint"), f.pop("model"), f.pop("kind"), f.pop("description", ""),
-            model_exists=_model_check(request), **f)
+            model_exists=_model_check(request), actor=p, **f)
 
     @r.get("/services/{service_id}", response_model=ServiceOut)
     def get_service(service_id: int, request: Request, p: Principal = P):
@@ -396,7 +427,7 @@ def build_admin_router() -> APIRouter:
         for k in ("model", "kind", "description"):
             if k in f and f[k] is None:
                 raise InvalidParam(f"{k} cannot be null", param=k)
-        return svc.update(service_id, model_exists=_model_check(request), **f)
+        return svc.update(service_id, model_exists=_model_check(request), actor=p, **f)
 
     @r.delete("/services/{service_id}", status_code=204)
     def delete_service(service_id: int, request: Request, p: Principal = P):
@@ -439,6 +470,8 @@ def build_admin_router() -> APIRouter:
         terms = [t.strip() for t in body.terms if t.strip()]
         if any("\n" in t or "\r" in t or t.startswith("#") for t in terms):
             raise InvalidParam("a term cannot contain a line break or start with '#'", param="terms")
+        if any(validate.has_lone_surrogate(t) for t in terms):
+            raise InvalidParam("a term holds a lone UTF-16 surrogate (not valid Unicode text)", param="terms")
         request.app.state.lexicon.replace(terms)
         path = getattr(request.app.state, "lexicon_path", None)
         if path is not None:

@@ -28,6 +28,7 @@ from wharf.platform.metrics import Metrics
 from wharf.platform.safety import SafetyPolicy, load_terms
 
 log = logging.getLogger("wharf")
+from wharf.platform.tenancy import LimitValues
 
 # Routers added by other parts of the code base; each is optional so the app still
 # starts while one is being built. (module, attribute that builds or is the router)
@@ -124,10 +125,10 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
                                   timeout_s=settings.request_timeout_s,
-                                  default_limits=Limits(rpm=settings.default_rpm or None,
-                                                        tpm=settings.default_tpm or None,
-                                                        qps=settings.default_qps or None,
-                                                        max_concurrency=settings.default_max_concurrency or None))
+                                  # None: no limit, 0: nothing allowed (README "Limits").
+                                  default_limits=LimitValues(rpm=settings.default_rpm, tpm=settings.default_tpm,
+                                                             qps=settings.default_qps,
+                                                             max_concurrency=settings.default_max_concurrency))
 
     engines = list(registry.engines.values())
     metrics.bind_engine_stats(queue_depth=lambda: sum(e.stats().waiting for e in engines),

@@ -21,6 +21,7 @@ from wharf.engine.types import Chunk, FinishReason, GenerationRequest
 from wharf.errors import ContentBlocked, Overloaded, QuotaExceeded, RateLimited, WharfError
 from wharf.platform.auth import Principal
 from wharf.platform.limits import Limits
+from wharf.platform.tenancy import LimitValues, rate_limits
 
 log = logging.getLogger("wharf.pipeline")
 
@@ -45,9 +46,9 @@ class ChoiceState:
         return sum(len(t) for t in self.text)
 
 
-def _limits(rpm=None, tpm=None, qps=None, conc=None) -> Limits | None:
-    vals = dict(rpm=rpm or None, tpm=tpm or None, qps=qps or None, max_concurrency=conc or None)
-    return Limits(**vals) if any(vals.values()) else None
+def _limits(rpm=None, tpm=None, qps=None, conc=None, *, scope: str = "") -> Limits | None:
+    """None = no limit, 0 = nothing allowed (raises RateLimited), n = at most n."""
+    return rate_limits(rpm, tpm, qps, conc, scope=scope)
 
 
 class _TokenGate:
@@ -211,13 +212,18 @@ class Run:
 
 class Pipeline:
     def __init__(self, registry, platform, limiter, safety, metrics, *, timeout_s: float | None = None,
-                 default_limits: Limits | None = None):
+                 default_limits: LimitValues | Limits | None = None):
         """`default_limits`: the platform's per-account defaults (rpm, tpm, qps,
-        max_concurrency), used field by field where an account sets none of its own."""
+        max_concurrency; None = no limit, 0 = nothing allowed), used field by field where
+        an account sets none of its own."""
         self.registry, self.platform = registry, platform
         self.limiter, self.safety, self.metrics = limiter, safety, metrics
         self.timeout_s = timeout_s
-        self.default_limits = default_limits or Limits()
+        self.default_limits = default_limits or LimitValues()
+        for name in ("rpm", "tpm", "qps", "max_concurrency"):
+            if getattr(self.default_limits, name, None) == 0:
+                log.warning("WHARF_DEFAULT_%s=0: every account without its own %s is refused every "
+                            "request (0 means nothing allowed; unset it for no limit)", name.upper(), name)
 
     def engine_for(self, model: str) -> Engine:
         return self.registry.resolve(model)
@@ -296,29 +302,36 @@ class Pipeline:
                                      completion_tokens=completion_tokens, ttft=ttft, tpot=tpot,
                                      latency=latency)
 
-    def _account_limits(self, p: Principal) -> Limits | None:
+    def _account_values(self, p: Principal) -> tuple:
+        """The account's (rpm, tpm, qps, max_concurrency), each its own or the default."""
         d = self.default_limits
 
         def pick(own, default):
             return default if own is None else own
-        return _limits(pick(p.account_rpm, d.rpm), pick(p.account_tpm, d.tpm), pick(p.account_qps, d.qps),
-                       pick(p.account_max_concurrency, d.max_concurrency))
+        return (pick(p.account_rpm, d.rpm), pick(p.account_tpm, d.tpm), pick(p.account_qps, d.qps),
+                pick(p.account_max_concurrency, d.max_concurrency))
+
+    def _scope_values(self, caller: Caller) -> list[tuple[str, str, tuple]]:
+        p = caller.principal
+        return [(f"account:{p.account_id}", "account", self._account_values(p)),
+                (f"cred:{p.credential_id}", "credential",
+                 (p.credential_rpm, p.credential_tpm, p.credential_qps, p.credential_max_concurrency)),
+                (f"service:{caller.service_id}", "service", (*caller.service_limits, None, None))]
 
     def _scopes(self, caller: Caller) -> list[tuple[str, Limits]]:
-        p = caller.principal
+        """The limiter's scopes; RateLimited at once where a limit is 0 (nothing allowed)."""
         scopes = []
-        for scope, lim in ((f"account:{p.account_id}", self._account_limits(p)),
-                           (f"cred:{p.credential_id}", _limits(p.credential_rpm, p.credential_tpm,
-                                                               p.credential_qps, p.credential_max_concurrency)),
-                           (f"service:{caller.service_id}", _limits(*caller.service_limits))):
+        for scope, what, values in self._scope_values(caller):
+            lim = _limits(*values, scope=what)
             if lim is not None:
                 scopes.append((scope, lim))
         return scopes
 
     def effective_limits(self, caller: Caller) -> tuple[float | None, float | None]:
-        """(rpm, tpm) that bind this caller: the smallest over its scopes (for headers such
-        as Qianfan's X-Ratelimit-Limit-Requests / -Tokens)."""
-        scopes = [lim for _, lim in self._scopes(caller)]
-        rpms = [lim.rpm for lim in scopes if lim.rpm]
-        tpms = [lim.tpm for lim in scopes if lim.tpm]
+        """(rpm, tpm) that bind this caller: the smallest over its scopes, 0 where one allows
+        nothing, None where none has one (for headers such as Qianfan's
+        X-Ratelimit-Limit-Requests / -Tokens). Never raises."""
+        values = [v for _, _, v in self._scope_values(caller)]
+        rpms = [v[0] for v in values if v[0] is not None]
+        tpms = [v[1] for v in values if v[1] is not None]
         return (min(rpms) if rpms else None, min(tpms) if tpms else None)

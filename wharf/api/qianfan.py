@@ -141,9 +141,9 @@ def _limit_headers(state, caller: Caller) -> dict:
     """The limits that bind this caller (account, platform default, credential, service)."""
     rpm, tpm = state.pipeline.effective_limits(caller)
     headers = {}
-    if rpm:
+    if rpm is not None:                      # 0: nothing allowed, said as such
         headers["X-Ratelimit-Limit-Requests"] = f"{rpm:g}"
-    if tpm:
+    if tpm is not None:
         headers["X-Ratelimit-Limit-Tokens"] = str(int(tpm))
     return headers
 

@@ -249,6 +249,9 @@ ACCOUNT_COLS = ["id", "name", "status", "is_admin", "quota_chars_per_day", "quot
                 "tpm", "created_at"]
 
 
+_KEY_CEILING = "The most the account may give one of its own {} (its {}); not given: no ceiling."
+
+
 @accounts_app.command("create")
 def accounts_create(name: str,
                     admin: Annotated[bool, typer.Option("--admin", help="An admin account.")] = False,
@@ -258,10 +261,21 @@ def accounts_create(name: str,
                     tpm: Annotated[int | None, typer.Option(min=0)] = None,
                     qps: Annotated[int | None, typer.Option(min=0)] = None,
                     max_concurrency: Annotated[int | None, typer.Option(min=0)] = None,
+                    key_rpm: Annotated[int | None, typer.Option(min=0, help=_KEY_CEILING.format("keys", "rpm"))]
+                    = None,
+                    key_tpm: Annotated[int | None, typer.Option(min=0)] = None,
+                    key_qps: Annotated[int | None, typer.Option(min=0)] = None,
+                    key_max_concurrency: Annotated[int | None, typer.Option(min=0)] = None,
+                    service_rpm: Annotated[int | None, typer.Option(min=0, help=_KEY_CEILING.format("services",
+                                                                                                    "rpm"))] = None,
+                    service_tpm: Annotated[int | None, typer.Option(min=0)] = None,
                     server: Server = None, admin_key: AdminKey = None):
-    """Create an account."""
+    """Create an account. A limit not given: none (or the WHARF_DEFAULT_* one); 0: nothing allowed."""
     limits = {k: v for k, v in dict(quota_chars_per_day=quota_chars, quota_tokens_per_day=quota_tokens,
-                                    rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency).items()
+                                    rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency,
+                                    key_rpm=key_rpm, key_tpm=key_tpm, key_qps=key_qps,
+                                    key_max_concurrency=key_max_concurrency, service_rpm=service_rpm,
+                                    service_tpm=service_tpm).items()
               if v is not None}
     a = _run(server, admin_key, lambda b: b.accounts_create(name, admin, limits))
     _table("account created", [a], ACCOUNT_COLS)
@@ -303,13 +317,26 @@ def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or
                     tpm: Annotated[int | None, typer.Option()] = None,
                     qps: Annotated[int | None, typer.Option()] = None,
                     max_concurrency: Annotated[int | None, typer.Option()] = None,
+                    key_rpm: Annotated[int | None, typer.Option(help=_KEY_CEILING.format("keys", "rpm"))] = None,
+                    key_tpm: Annotated[int | None, typer.Option()] = None,
+                    key_qps: Annotated[int | None, typer.Option()] = None,
+                    key_max_concurrency: Annotated[int | None, typer.Option()] = None,
+                    service_rpm: Annotated[int | None, typer.Option(help=_KEY_CEILING.format("services",
+                                                                                             "rpm"))] = None,
+                    service_tpm: Annotated[int | None, typer.Option()] = None,
                     server: Server = None, admin_key: AdminKey = None):
-    """Set an account's limits and daily quota (options not given are kept). A negative value
-    clears a limit, so the platform default (WHARF_DEFAULT_*) applies again."""
+    """Set an account's limits and daily quota (options not given are kept). 0 allows
+    nothing; a negative value clears a limit, so the platform default (WHARF_DEFAULT_*)
+    applies again (for the --key-* / --service-* ceilings: no ceiling). A ceiling also
+    brings the account's keys / services above it down to it."""
     limits = _limit_values(quota_chars_per_day=quota_chars, quota_tokens_per_day=quota_tokens,
-                           rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
+                           rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency,
+                           key_rpm=key_rpm, key_tpm=key_tpm, key_qps=key_qps,
+                           key_max_concurrency=key_max_concurrency, service_rpm=service_rpm,
+                           service_tpm=service_tpm)
     a = _run(server, admin_key, lambda b: b.accounts_limits(account, limits))
-    _table("account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency"])
+    _table("account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency", "key_rpm", "key_tpm", "key_qps",
+                                                  "key_max_concurrency", "service_rpm", "service_tpm"])
 
 
 KEY_COLS = ["id", "account_id", "kind", "public_id", "label", "created_at", "last_used_at", "revoked_at"]
@@ -358,7 +385,8 @@ def keys_limits(credential_id: int,
                 qps: Annotated[int | None, typer.Option()] = None,
                 max_concurrency: Annotated[int | None, typer.Option()] = None,
                 server: Server = None, admin_key: AdminKey = None):
-    """Set a credential's own limits (they narrow the account's). A negative value clears one."""
+    """Set a credential's own limits (they narrow the account's). 0 allows nothing; a
+    negative value clears one."""
     limits = _limit_values(rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
     c = _run(server, admin_key, lambda b: b.keys_limits(credential_id, limits))
     _table("credential limits", [c], ["id", "account_id", "kind", "public_id", "rpm", "tpm", "qps",

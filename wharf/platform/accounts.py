@@ -9,11 +9,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from wharf.errors import Conflict, InvalidParam, NotFound
-from wharf.platform import validate
+from wharf.platform import tenancy, validate
 from wharf.platform.models import Account
 from wharf.platform.store import Store
 
-LIMIT_FIELDS = ("quota_chars_per_day", "quota_tokens_per_day", "rpm", "tpm", "qps", "max_concurrency")
+# None: no limit (for rpm ... max_concurrency and the quotas: the platform default, WHARF_DEFAULT_*,
+# if one is set); 0: nothing allowed; n > 0: at most n. The ceilings (key_*, service_*) bound
+# what the account may give its own credentials and services (wharf/platform/tenancy.py).
+LIMIT_FIELDS = ("quota_chars_per_day", "quota_tokens_per_day", "rpm", "tpm", "qps", "max_concurrency",
+                *tenancy.CEILING_FIELDS)
 STATUSES = ("active", "disabled")
 
 
@@ -30,6 +34,12 @@ class AccountInfo:
     tpm: int | None
     qps: int | None
     max_concurrency: int | None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
+    key_qps: int | None = None
+    key_max_concurrency: int | None = None
+    service_rpm: int | None = None
+    service_tpm: int | None = None
 
     @classmethod
     def of(cls, a: Account) -> "AccountInfo":
@@ -100,7 +110,10 @@ class Accounts:
         return self.set_status(account_id, "active")
 
     def update_limits(self, account_id: int, **limits) -> AccountInfo:
-        """Set any of LIMIT_FIELDS (None clears a limit). Fields not given are kept."""
+        """Set any of LIMIT_FIELDS (None clears a limit, 0 allows nothing). Fields not given
+        are kept. Setting a ceiling (key_*, service_*) also brings the account's active
+        credentials / services above it (or without a limit) down to it. An operator's call
+        (the admin API checks that the caller is an admin)."""
         lim = validate.limits(limits, LIMIT_FIELDS)
         with self.store.write() as s:
             a = s.get(Account, account_id)
@@ -108,6 +121,7 @@ class Accounts:
                 raise NotFound(f"account {account_id} not found", reason="account")
             for k, v in lim.items():
                 setattr(a, k, v)
+            tenancy.apply_ceilings(s, a, {k: v for k, v in lim.items() if k in tenancy.CEILING_FIELDS})
             s.flush()
             return AccountInfo.of(a)
 

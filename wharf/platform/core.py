@@ -16,6 +16,7 @@ from wharf.platform.quota import DEFAULT_TZ, QuotaBook
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.services import Services
 from wharf.platform.store import Store
+from wharf.platform.tenancy import DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT, DEFAULT_MAX_SERVICES_PER_ACCOUNT
 from wharf.platform.usage import UsageLog
 
 log = logging.getLogger("wharf.platform")
@@ -24,12 +25,14 @@ log = logging.getLogger("wharf.platform")
 class Platform:
     def __init__(self, store: Store, secret_box: SecretBox, *, tz: str = DEFAULT_TZ,
                  model_exists: Callable[[str], bool] | None = None,
-                 default_quota: tuple[int | None, int | None] = (None, None)):
+                 default_quota: tuple[int | None, int | None] = (None, None),
+                 max_credentials_per_account: int | None = DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT,
+                 max_services_per_account: int | None = DEFAULT_MAX_SERVICES_PER_ACCOUNT):
         self.store = store
         self.secret_box = secret_box
         self.accounts = Accounts(store)
-        self.credentials = Credentials(store, secret_box)
-        self.services = Services(store, model_exists)
+        self.credentials = Credentials(store, secret_box, max_per_account=max_credentials_per_account)
+        self.services = Services(store, model_exists, max_per_account=max_services_per_account)
         self.authenticator = Authenticator(store, secret_box, credentials=self.credentials)
         self.quota = QuotaBook(store, tz, default_chars=default_quota[0], default_tokens=default_quota[1])
         self.usage = UsageLog(store, tz)
@@ -41,7 +44,9 @@ class Platform:
         """From wharf.config.Settings: database (resolved_database_url), secret key
         (WHARF_SECRET_KEY or data_dir/secret.key), quota timezone (settings.quota_timezone
         if it exists, else env WHARF_QUOTA_TIMEZONE, else Asia/Shanghai), platform default quotas
-        (settings.default_quota_chars_per_day / default_quota_tokens_per_day)."""
+        (settings.default_quota_chars_per_day / default_quota_tokens_per_day), caps on
+        credentials and services per account (settings.max_credentials_per_account /
+        max_services_per_account)."""
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         tz = (getattr(settings, "quota_timezone", None) or os.environ.get("WHARF_QUOTA_TIMEZONE")
@@ -50,7 +55,11 @@ class Platform:
         default_quota = (getattr(settings, "default_quota_chars_per_day", None),
                          getattr(settings, "default_quota_tokens_per_day", None))
         return cls(store, SecretBox.load(data_dir), tz=tz, model_exists=model_exists,
-                   default_quota=default_quota)
+                   default_quota=default_quota,
+                   max_credentials_per_account=getattr(settings, "max_credentials_per_account",
+                                                       DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT),
+                   max_services_per_account=getattr(settings, "max_services_per_account",
+                                                    DEFAULT_MAX_SERVICES_PER_ACCOUNT))
 
     def settle_and_record(self, request_id: str, *, chars: int, tokens: int, reserved: bool,
                           **record) -> None:

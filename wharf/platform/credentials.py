@@ -21,8 +21,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from wharf.errors import Internal, InvalidParam, NotFound
-from wharf.platform import validate
-from wharf.platform.models import Account, Credential, utcnow
+from wharf.platform import tenancy, validate
+from wharf.platform.models import Credential, utcnow
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.store import Store
 
@@ -35,7 +35,9 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogatepass: a string with a lone surrogate (JSON "\\ud800") still hashes (to a key
+    # that matches nothing) instead of raising UnicodeEncodeError.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _rand(alphabet: str, n: int) -> str:
@@ -95,25 +97,34 @@ class IssuedCredential:
 
 
 class Credentials:
-    def __init__(self, store: Store, box: SecretBox | None):
+    """`actor` (create, update_limits): who asks, the Principal of an admin API call, or None
+    for the operator (the local store); a non-admin actor is held to its account's ceilings
+    (wharf/platform/tenancy.py). `max_per_account`: active credentials an account may hold
+    (None: no cap)."""
+
+    def __init__(self, store: Store, box: SecretBox | None, *,
+                 max_per_account: int | None = tenancy.DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT):
         self.store = store
         self.box = box
+        self.max_per_account = max_per_account
         self._touched: dict[int, float] = {}
         self._touch_lock = threading.Lock()
 
     # -- create -------------------------------------------------------------
-    def create(self, account_id: int, kind: str, *, label: str = "", **limits) -> IssuedCredential:
+    def create(self, account_id: int, kind: str, *, label: str = "", actor=None, **limits) -> IssuedCredential:
         with self.store.write() as s:
-            return self.create_in(s, account_id, kind, label=label, **limits)
+            return self.create_in(s, account_id, kind, label=label, actor=actor, **limits)
 
-    def create_in(self, s: Session, account_id: int, kind: str, *, label: str = "",
+    def create_in(self, s: Session, account_id: int, kind: str, *, label: str = "", actor=None,
                   **limits) -> IssuedCredential:
+        """Limits not given start at the account's ceilings (tenancy.admit_limits)."""
         if kind not in KINDS:
             raise InvalidParam(f"kind must be one of {', '.join(KINDS)}", param="kind")
         label = validate.text(label, "label", 128)
         lim = validate.limits(limits, LIMIT_FIELDS)
-        if not isinstance(account_id, int) or s.get(Account, account_id) is None:
-            raise NotFound(f"account {account_id} not found", reason="account")
+        account = tenancy.lock_account(s, account_id)
+        tenancy.check_cap(s, account_id, "credential", self.max_per_account)
+        lim = tenancy.admit_limits(account, "credential", lim, None, actor)
         if kind == "api_key":
             secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
             public_id = secret[:11]
@@ -165,12 +176,17 @@ class Credentials:
             s.flush()
             return CredentialInfo.of(c)
 
-    def update_limits(self, credential_id: int, **limits) -> CredentialInfo:
+    def update_limits(self, credential_id: int, *, actor=None, **limits) -> CredentialInfo:
+        """Set the credential's own limits (None: none, 0: nothing allowed); a tenant only
+        within its account's ceilings (tenancy.admit_limits)."""
         lim = validate.limits(limits, LIMIT_FIELDS)
         with self.store.write() as s:
             c = s.get(Credential, credential_id)
             if c is None:
                 raise NotFound(f"credential {credential_id} not found", reason="credential")
+            account = tenancy.lock_account(s, c.account_id)
+            lim = tenancy.admit_limits(account, "credential", lim,
+                                       {k: getattr(c, k) for k in LIMIT_FIELDS}, actor)
             for k, v in lim.items():
                 setattr(c, k, v)
             s.flush()

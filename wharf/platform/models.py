@@ -63,6 +63,14 @@ class Account(Base):
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     qps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Ceilings (None: none) on the limits of the account's own credentials and services:
+    # what the account may give them itself (wharf/platform/tenancy.py).
+    key_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_qps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    service_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    service_tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Credential(Base):

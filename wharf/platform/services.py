@@ -22,8 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from wharf.errors import Conflict, InvalidParam, NotFound, PermissionDenied
-from wharf.platform import validate
-from wharf.platform.models import Account, Service, utcnow
+from wharf.platform import tenancy, validate
+from wharf.platform.models import Service, utcnow
 from wharf.platform.store import Store
 
 KINDS = ("completions", "chat")
@@ -70,7 +70,7 @@ def _kind(kind) -> str:
 
 
 def _model(model, model_exists: ModelCheck | None) -> str:
-    if not isinstance(model, str) or not model or len(model) > 128:
+    if not isinstance(model, str) or not model or len(model) > 128 or validate.has_lone_surrogate(model):
         raise InvalidParam("model must be a model name", param="model")
     if model_exists is not None and not model_exists(model):
         raise InvalidParam(f"unknown model {model!r}", param="model")
@@ -78,27 +78,36 @@ def _model(model, model_exists: ModelCheck | None) -> str:
 
 
 class Services:
-    def __init__(self, store: Store, model_exists: ModelCheck | None = None):
+    """`actor` (create, update): who asks, the Principal of an admin API call, or None for the
+    operator (the local store); a non-admin actor is held to its account's ceilings
+    (wharf/platform/tenancy.py). `max_per_account`: services an account may hold (None: no cap)."""
+
+    def __init__(self, store: Store, model_exists: ModelCheck | None = None, *,
+                 max_per_account: int | None = tenancy.DEFAULT_MAX_SERVICES_PER_ACCOUNT):
         self.store = store
         self.model_exists = model_exists
+        self.max_per_account = max_per_account
 
     def create(self, account_id: int, endpoint: str, model: str, kind: str, description: str = "", *,
-               rpm: int | None = None, tpm: int | None = None,
-               model_exists: ModelCheck | None = None) -> ServiceInfo:
+               model_exists: ModelCheck | None = None, actor=None, **limits) -> ServiceInfo:
+        """limits: rpm, tpm (None: none, 0: nothing allowed); those not given start at the
+        account's ceilings (tenancy.admit_limits)."""
         validate_endpoint(endpoint)
         _kind(kind)
         _model(model, model_exists or self.model_exists)
         description = validate.text(description, "description", 1024)
-        rpm, tpm = validate.limit(rpm, "rpm"), validate.limit(tpm, "tpm")
+        lim = validate.limits(limits, ("rpm", "tpm"))
         try:
             with self.store.write() as s:
-                if not isinstance(account_id, int) or s.get(Account, account_id) is None:
-                    raise NotFound(f"account {account_id} not found", reason="account")
+                account = tenancy.lock_account(s, account_id)
                 if s.scalar(select(Service.id).where(Service.endpoint == endpoint)) is not None:
                     raise Conflict(f"endpoint {endpoint!r} is already taken", param="endpoint")
+                tenancy.check_cap(s, account_id, "service", self.max_per_account)
+                lim = tenancy.admit_limits(account, "service", lim, None, actor)
                 now = utcnow()
                 row = Service(account_id=account_id, endpoint=endpoint, model=model, kind=kind,
-                              description=description, rpm=rpm, tpm=tpm, created_at=now, updated_at=now)
+                              description=description, rpm=lim.get("rpm"), tpm=lim.get("tpm"),
+                              created_at=now, updated_at=now)
                 s.add(row)
                 s.flush()
                 return ServiceInfo.of(row)
@@ -126,8 +135,10 @@ class Services:
                 raise NotFound(f"service {endpoint!r} not found", reason="service")
             return ServiceInfo.of(row)
 
-    def update(self, service_id: int, *, model_exists: ModelCheck | None = None, **fields) -> ServiceInfo:
-        """Change model, kind, description, rpm, tpm (the endpoint is the service's identity)."""
+    def update(self, service_id: int, *, model_exists: ModelCheck | None = None, actor=None,
+               **fields) -> ServiceInfo:
+        """Change model, kind, description, rpm, tpm (the endpoint is the service's identity);
+        a tenant's rpm / tpm only within its account's ceilings (tenancy.admit_limits)."""
         allowed = {"model", "kind", "description", "rpm", "tpm"}
         for k in fields:
             if k not in allowed:
@@ -145,6 +156,11 @@ class Services:
             row = s.get(Service, service_id)
             if row is None:
                 raise NotFound(f"service {service_id} not found", reason="service")
+            limits = {k: fields.pop(k) for k in ("rpm", "tpm") if k in fields}
+            if limits:
+                account = tenancy.lock_account(s, row.account_id)
+                fields.update(tenancy.admit_limits(account, "service", limits,
+                                                   {"rpm": row.rpm, "tpm": row.tpm}, actor))
             for k, v in fields.items():
                 setattr(row, k, v)
             row.updated_at = utcnow()
