@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(10.0, ge=0)
     body_min_rate: int = Field(4096, ge=0)
 
+    # Control plane throttle (admin API, console, OAuth token endpoint; wharf/api/throttle.py):
+    # per credential presented (admin API key, console session; OAuth client id + secret,
+    # each request of which writes a 30-day token row) and per client IP over all three, on
+    # the rate limiter the dialects use (in memory, or Redis when set). 0: that bucket off.
+    control_rpm: int = Field(1200, ge=0)
+    control_qps: int = Field(50, ge=0)
+    oauth_token_rpm: int = Field(60, ge=0)
+    control_ip_rpm: int = Field(3000, ge=0)
+    control_ip_qps: int = Field(100, ge=0)
+    # Expired Qianfan OAuth tokens are deleted this often, in small batches, off the request path.
+    token_prune_interval_s: float = Field(60.0, ge=0)
+
     @property
     def upstream_urls(self) -> list[str]:
         """`upstream_url` split at commas: each replica once, in the order given."""

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import logging
 import re
+import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,7 @@ from wharf.api.body_limit import BodyLimit
 from wharf.api.common import bearer_token
 from wharf.api.errors import openai_error
 from wharf.api.pipeline import Pipeline
+from wharf.api.throttle import ControlThrottle, control_limits
 from wharf.config import Settings
 from wharf.errors import WharfError
 from wharf.platform.core import Platform
@@ -96,6 +98,18 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
                                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 failing = True
 
+    async def prune_tokens_forever(every: float) -> None:
+        """Expired OAuth tokens out of the store, a few hundred rows per transaction."""
+        from wharf.platform.token_prune import prune_expired_tokens
+        while True:
+            await asyncio.sleep(every)
+            try:
+                n = await asyncio.to_thread(prune_expired_tokens, platform.store)
+                if n:
+                    log.info("deleted %d expired OAuth token(s)", n)
+            except Exception as exc:        # the store may be down for a moment; try again later
+                log.warning("expired-token prune failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         access = logging.getLogger("uvicorn.access")       # configured by now
@@ -105,8 +119,10 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         task = asyncio.create_task(reconcile_forever(every)) if every > 0 else None
         lexicon_every = getattr(settings, "lexicon_refresh_s", 0) or 0
         lexicon_task = asyncio.create_task(refresh_lexicon_forever(lexicon_every)) if lexicon_every > 0 else None
+        prune_every = settings.token_prune_interval_s
+        prune_task = asyncio.create_task(prune_tokens_forever(prune_every)) if prune_every > 0 else None
         yield
-        for t in (task, lexicon_task):
+        for t in (task, lexicon_task, prune_task):
             if t is not None:
                 t.cancel()
         limiter.close()
@@ -123,6 +139,13 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     app.state.limiter = limiter
     # Middleware runs outermost-last-added: the throttle, then the body limit, then routes.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.console_proxy_token = secrets.token_urlsafe(32)   # the console's own admin calls (throttle.py)
+    per_key = control_limits(settings.control_rpm, settings.control_qps)
+    app.add_middleware(ControlThrottle, limiter=limiter,
+                       per_credential={"admin": per_key, "console": per_key,
+                                       "oauth": control_limits(settings.oauth_token_rpm, 0)},
+                       per_ip=control_limits(settings.control_ip_rpm, settings.control_ip_qps),
+                       proxy_token=app.state.console_proxy_token)
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
                                   timeout_s=settings.request_timeout_s,
                                   # None: no limit, 0: nothing allowed (README "Limits").

@@ -147,6 +147,7 @@ def register(app: typer.Typer) -> None:
         from wharf.api.app import create_app
         from wharf.api.slow_clients import raise_fd_limit, server_options
         from wharf.platform.core import Platform
+        from wharf.platform.private_files import private_dir
 
         import datetime as dt
         process_start = dt.datetime.now(dt.timezone.utc)
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
             models=models,
             aliases={**base.aliases, **_pairs(alias, "--alias")} if alias else None,
             load_default_model=False if no_default_model else None)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)            # 0700: it holds the database and the secret key
         registry = load_models(settings)
         platform = Platform.open(settings, model_exists=lambda name: name in registry.names())
         # Reservations that no live request holds are leftovers of a crash: give them back,

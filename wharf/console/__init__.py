@@ -218,7 +218,10 @@ def build_console_router() -> APIRouter:
         if ".." in path or path.startswith("/"):
             return _err(400, "bad path")
         body = await request.body() if request.method in UNSAFE else None
-        headers = {"Authorization": f"Bearer {sess.key}"}
+        headers = {"Authorization": f"Bearer {sess.key}",
+                   # Already counted per session and IP here: spares the admin API's IP bucket
+                   # (every console user's call comes from this server's own address).
+                   "X-Wharf-Console-Proxy": getattr(request.app.state, "console_proxy_token", "")}
         if body:
             headers["Content-Type"] = "application/json"
         up = await client(request).request(request.method, f"/admin/api/{path}",

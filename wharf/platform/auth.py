@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import jwt
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, select
 
 from wharf.errors import AuthError
 from wharf.platform.credentials import Credentials, hash_key
@@ -187,9 +187,8 @@ class Authenticator:
         ttl = self.qianfan_token_ttl_s
         expires = now + dt.timedelta(seconds=ttl)
         token = f"24.{secrets.token_hex(32)}.{ttl}.{int(expires.timestamp())}.wharf"
+        # Expired tokens are deleted in the background (token_prune.py), not on this request.
         with self.store.write() as s:
-            s.execute(delete(AccessToken).where(
-                AccessToken.expires_at < now - dt.timedelta(seconds=EXPIRED_TOKEN_KEEP_S)))
             s.add(AccessToken(token_hash=hash_key(token), credential_id=c.id, created_at=now,
                               expires_at=expires))
         self.credentials.touch(c.id)

@@ -12,6 +12,7 @@ from wharf.platform.auth import Authenticator
 from wharf.platform.console_sessions import ConsoleSessions
 from wharf.platform.credentials import Credentials
 from wharf.platform.lexicon_store import LexiconStore
+from wharf.platform.private_files import private_dir
 from wharf.platform.quota import DEFAULT_TZ, QuotaBook
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.services import Services
@@ -47,8 +48,7 @@ class Platform:
         (settings.default_quota_chars_per_day / default_quota_tokens_per_day), caps on
         credentials and services per account (settings.max_credentials_per_account /
         max_services_per_account)."""
-        data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = private_dir(settings.data_dir)
         tz = (getattr(settings, "quota_timezone", None) or os.environ.get("WHARF_QUOTA_TIMEZONE")
               or DEFAULT_TZ)
         store = Store.open(settings.resolved_database_url)

@@ -68,6 +68,7 @@ __all__ = ["Limits", "Lease", "Limiter", "MemoryLimiter", "RedisLimiter", "make_
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL = 900.0
+SWEEP_EVERY_S = 60.0          # MemoryLimiter: how often full buckets are dropped
 _EPS = 1e-9
 
 
@@ -271,6 +272,11 @@ class MemoryLimiter(Limiter):
         self._lock = threading.Lock()
         self._buckets: dict[str, list[float]] = {}          # key -> [level, ts]
         self._gates: dict[str, dict[str, float]] = {}       # key -> {lease_id: expiry}
+        # key -> when its bucket is full again. A full bucket is the same as none, so they
+        # are dropped now and then: keys such as a client IP or a presented credential come
+        # and go, and would otherwise pile up in memory for ever.
+        self._full_at: dict[str, float] = {}
+        self._next_sweep = 0.0
 
     def _now(self) -> float:
         return self.clock() if self.clock is not None else time.monotonic()
@@ -284,9 +290,21 @@ class MemoryLimiter(Limiter):
             level += (now - ts) * c.rate
         return min(level, c.cap), max(ts, now)
 
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_EVERY_S
+        for key in [k for k, t in self._full_at.items() if t <= now]:
+            del self._full_at[key]
+            self._buckets.pop(key, None)
+
+    def _store(self, c: _Check, level: float, ts: float, now: float) -> None:
+        self._buckets[c.key] = [level, ts]
+        self._full_at[c.key] = max(ts, now) + (c.cap - level) / c.rate
+
     def _acquire(self, checks, lease_id, ttl):
         with self._lock:
             now = self._now()
+            if now >= self._next_sweep:
+                self._sweep(now)
             first, wait, conc_failed = -1, 0.0, False
             levels: list[tuple[float, float] | None] = []
             for i, c in enumerate(checks):
@@ -311,14 +329,14 @@ class MemoryLimiter(Limiter):
                 if st is None:
                     self._gates[c.key][lease_id] = now + ttl
                 else:
-                    self._buckets[c.key] = [st[0] - c.cost, st[1]]
+                    self._store(c, st[0] - c.cost, st[1], now)
 
     def _adjust(self, tpm, delta):
         with self._lock:
             now = self._now()
             for c in tpm:
                 level, ts = self._level(c, now)
-                self._buckets[c.key] = [min(c.cap, level - delta), ts]
+                self._store(c, min(c.cap, level - delta), ts, now)
 
     def _release(self, conc_keys, lease_id):
         with self._lock:

@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from wharf.errors import Internal
+from wharf.platform.private_files import private_file
 
 ENV_KEY = "WHARF_SECRET_KEY"
 
@@ -45,6 +46,7 @@ class SecretBox:
             else:
                 with os.fdopen(fd, "wb") as f:
                     f.write(key)
+        private_file(path)                         # one made readable by others before: 0600 now
         return cls(path.read_bytes().strip())
 
     def encrypt(self, plain: str) -> str:
