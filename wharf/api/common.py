@@ -9,6 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from wharf.errors import InvalidParam, InvalidRequest
+from wharf.platform import validate
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -39,6 +40,7 @@ async def json_body(request: Request, max_bytes: int) -> dict:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", reason="json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", reason="json")
+    validate.json_text(body, raw)      # no lone surrogate ("\\ud800") in any string of it
     return body
 
 

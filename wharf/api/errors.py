@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.responses import JSONResponse, Response
 
 from wharf import errors as E
+
+log = logging.getLogger("wharf.api")
+
+
+def unexpected(exc: Exception) -> E.Internal:
+    """An error no dialect expected while reading and translating a request (a bug, not
+    the caller's fault): logged with its traceback and turned into Internal, which the
+    dialect answers in its own shape and records like any refusal (Pipeline.reject),
+    instead of a bare text/plain 500 with no usage record. A client that went away
+    (ClientDisconnect) and the store being unavailable (DBAPIError: the app's 503) are
+    raised again unchanged."""
+    from sqlalchemy.exc import DBAPIError
+    from starlette.requests import ClientDisconnect
+
+    if isinstance(exc, (ClientDisconnect, DBAPIError)):
+        raise exc
+    log.error("unexpected error while reading a request", exc_info=exc)
+    return E.Internal("internal error while reading the request")
+
 
 # -- OpenAI ----------------------------------------------------------------------------
 # The openai SDK retries 408/409/429/5xx, so a caller's own mistake is never one of those.

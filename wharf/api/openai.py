@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
-from wharf.api.errors import openai_error
+from wharf.api.errors import openai_error, unexpected
 from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
@@ -87,6 +87,16 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, v):
+        """A text part's `text` is a string (5, null, ["a"] are a 400, as OpenAI's)."""
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"content[{i}].text must be a string")
+        return v
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
@@ -157,15 +167,18 @@ async def _admit(request: Request, body_model, build):
     except WharfError as exc:
         return None, openai_error(exc)
     caller = Caller(principal=principal, dialect="openai")
-    gen = None
     try:
         body = parse_model(body_model, await json_body(request, state.settings.max_body_bytes))
         caller.user = body.user
         gen = build(body)
-        return body, await state.pipeline.start(caller, gen)
+    except Exception as exc:   # refused before the pipeline saw it: still one usage record
+        if not isinstance(exc, WharfError):
+            exc = unexpected(exc)
+        state.pipeline.reject(caller, None, exc)
+        return None, openai_error(exc)
+    try:
+        return body, await state.pipeline.start(caller, gen)      # records its own refusals
     except WharfError as exc:
-        if gen is None:  # refused before the pipeline saw it: still one usage record
-            state.pipeline.reject(caller, None, exc)
         return None, openai_error(exc)
 
 

@@ -51,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from wharf import errors as E
 from wharf.api.common import json_body
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
+from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import dumps, event
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
@@ -377,7 +378,9 @@ async def _serve(request: Request, endpoint: str, kind: str):
             gen = GenerationRequest(model=svc.model, messages=messages, sampling=sampling)
         else:
             gen = GenerationRequest(model=svc.model, prompt=_prompt(body), sampling=sampling)
-    except E.WharfError as exc:
+    except Exception as exc:
+        if not isinstance(exc, E.WharfError):
+            exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
         return _error(exc, headers=headers)
     _default_max_tokens(state, gen)

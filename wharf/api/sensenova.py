@@ -55,6 +55,7 @@ from starlette.responses import JSONResponse
 from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
+from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
@@ -181,7 +182,9 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
                                    f"({window})", param="prompt")
             max_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
             clamped = max_tokens < DEFAULT_MAX_NEW_TOKENS
-    except WharfError as exc:
+    except Exception as exc:
+        if not isinstance(exc, WharfError):
+            exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
         return sensenova_error(exc)
 

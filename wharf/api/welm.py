@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
+from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import InvalidParam, WharfError
@@ -135,7 +136,9 @@ async def completions(request: Request):
         if prompt_tokens + body.max_tokens > WINDOW:
             raise InvalidParam(f"prompt length ({prompt_tokens} tokens) + max_tokens ({body.max_tokens}) "
                                f"must be <= {WINDOW}", param="max_tokens")
-    except WharfError as exc:
+    except Exception as exc:
+        if not isinstance(exc, WharfError):
+            exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc, model=model)
         return welm_error(exc, model)
 

@@ -338,7 +338,9 @@ def build_console_router() -> APIRouter:
             return _err(400, f"credential: {e.message}")
         c = client(request)
         req = c.build_request("POST", path, params=params, headers=headers,
-                              content=json.dumps(body, ensure_ascii=False).encode())
+                              # ASCII escapes: a lone surrogate ("\\ud800") stays an escape, and the
+                              # dialect refuses it in its own shape (not a UnicodeEncodeError here).
+                              content=json.dumps(body).encode())
         up = await c.send(req, stream=True)
 
         async def relay():

@@ -27,7 +27,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -45,6 +47,14 @@ QIANFAN_TOKEN_TTL_S = 30 * 24 * 3600        # what Baidu does
 EXPIRED_TOKEN_KEEP_S = 7 * 24 * 3600        # expired tokens answer "expired" (111) this long, then "invalid"
 BCE_FUTURE_SKEW_S = 300                     # a signature timestamp may be this far ahead of our clock
 JWT_LEEWAY_S = 5                            # the sensenova SDK sets nbf = now - 5, exp = now + 1800
+# The longest a self-signed credential may still be valid: a JWT's exp - now, a BCE
+# signature's expiration (Settings.max_token_lifetime_s). Both SDKs use 1800 s.
+MAX_TOKEN_LIFETIME_S = 24 * 3600
+JWT_TIME_CLAIMS = ("exp", "nbf", "iat")
+JWT_MAX_TIME = 2**53                        # NumericDate as an exact integer (year ~285 million)
+# BCE v1 fields, ASCII only (int() and strptime() also take other digits, "1_0", " 10 "...).
+_BCE_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_BCE_EXPIRATION = re.compile(r"[0-9]{1,12}")
 BCE_DEFAULT_SIGNED = ("host", "content-md5", "content-length", "content-type")
 
 
@@ -138,11 +148,13 @@ def bce_sign(sk: str, auth_prefix: str, canonical_request: str) -> str:
 
 class Authenticator:
     def __init__(self, store: Store, box: SecretBox, *, credentials: Credentials | None = None,
-                 qianfan_token_ttl_s: int = QIANFAN_TOKEN_TTL_S):
+                 qianfan_token_ttl_s: int = QIANFAN_TOKEN_TTL_S,
+                 max_token_lifetime_s: int = MAX_TOKEN_LIFETIME_S):
         self.store = store
         self.box = box
         self.credentials = credentials or Credentials(store, box)
         self.qianfan_token_ttl_s = qianfan_token_ttl_s
+        self.max_token_lifetime_s = max_token_lifetime_s
 
     def _lookup(self, stmt, value: str, kinds: tuple[str, ...]):
         """(credential, account) rows as attribute namespaces, or None."""
@@ -180,7 +192,7 @@ class Authenticator:
             raise AuthError("unknown client id", reason="unknown_client")
         c, a = found
         sk = self.box.decrypt(c.secret_encrypted or "")
-        if not hmac.compare_digest(sk.encode(), (client_secret or "").encode()):
+        if not hmac.compare_digest(sk.encode(), (client_secret or "").encode("utf-8", "surrogatepass")):
             raise AuthError("Client authentication failed", reason="bad_secret")
         _principal(c, a)                       # disabled account -> AuthError(reason="disabled")
         now = utcnow()
@@ -213,6 +225,13 @@ class Authenticator:
 
         path: the decoded request path (ASGI scope["path"]); query_params: decoded
         (name, value) pairs in any order; headers: the request headers (any case).
+
+        Every field is checked before the access key is looked up: the timestamp is
+        exactly YYYY-MM-DDTHH:MM:SSZ (a real UTC time), the expiration 1 to
+        max_token_lifetime_s seconds in ASCII digits, an x-bce-date header (if sent) the
+        same format within 300 s of the timestamp; anything else is "invalid" (no
+        arithmetic on an unchecked value, so nothing can overflow). Other headers are
+        only ever signed, never parsed.
         """
         if not authorization:
             raise AuthError("missing Authorization", reason="missing")
@@ -220,23 +239,40 @@ class Authenticator:
         if len(parts) != 6 or parts[0] != "bce-auth-v1":
             raise AuthError("malformed bce-auth-v1 authorization", reason="invalid")
         _, ak, ts, exp_s, signed, signature = parts
+        if not ak or not _BCE_TIMESTAMP.fullmatch(ts) or not _BCE_EXPIRATION.fullmatch(exp_s):
+            raise AuthError("malformed bce-auth-v1 access key, timestamp or expiration", reason="invalid")
         try:
             t0 = dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-            expiration = int(exp_s)
         except ValueError:
-            raise AuthError("malformed bce-auth-v1 timestamp or expiration", reason="invalid") from None
+            raise AuthError("malformed bce-auth-v1 timestamp", reason="invalid") from None
+        expiration = int(exp_s)
+        if expiration > self.max_token_lifetime_s:
+            raise AuthError(f"bce-auth-v1 expiration is longer than {self.max_token_lifetime_s} s",
+                            reason="invalid")
         now = now or utcnow()
-        if expiration <= 0 or now > t0 + dt.timedelta(seconds=expiration):
-            raise AuthError("signature expired", reason="expired")
+        # The future check first: t0 is then at most now + skew, and t0 + expiration fits.
         if t0 > now + dt.timedelta(seconds=BCE_FUTURE_SKEW_S):
             raise AuthError("signature timestamp is in the future", reason="expired")
+        if expiration <= 0 or now > t0 + dt.timedelta(seconds=expiration):
+            raise AuthError("signature expired", reason="expired")
+        lower = {k.strip().lower(): v for k, v in headers.items()}
+        x_date = lower.get("x-bce-date")
+        if x_date is not None:      # the SDKs send the same instant (give or take a second)
+            x_date = str(x_date).strip()
+            try:
+                if not _BCE_TIMESTAMP.fullmatch(x_date):
+                    raise ValueError
+                t1 = dt.datetime.strptime(x_date, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+            except ValueError:
+                raise AuthError("malformed x-bce-date", reason="invalid") from None
+            if abs((t1 - t0).total_seconds()) > BCE_FUTURE_SKEW_S:
+                raise AuthError("x-bce-date does not match the signature's timestamp", reason="invalid")
         found = self._lookup(_BY_PUBLIC_ID, ak, ("qianfan_iam",))
         if found is None:
             raise AuthError("unknown access key", reason="invalid")
         c, a = found
         sk = self.box.decrypt(c.secret_encrypted or "")
 
-        lower = {k.strip().lower(): v for k, v in headers.items()}
         listed = [h.strip().lower() for h in signed.split(";") if h.strip()]
         header_sets = []
         if listed:
@@ -262,27 +298,47 @@ class Authenticator:
 
     # -- SenseNova JWT ------------------------------------------------------
     def sensenova_jwt(self, token: str | None, now: float | None = None) -> Principal:
+        """HS256 only; iss = the access key id; exp and nbf required. Refused ("invalid")
+        before any signature work: a `crit` header (RFC 7515 4.1.11: Wharf understands no
+        extension, and PyJWT before 2.12 ignores crit), a time claim (exp, nbf, iat) that
+        is not an integer in [0, 2^53] (floats, 1e400 = inf, strings, booleans), and exp
+        more than max_token_lifetime_s ahead (a token that never expires).
+        Then PyJWT verifies the signature, exp and nbf (leeway 5 s), iat and iss."""
         if not token:
             raise AuthError("missing token", reason="missing")
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
             raise AuthError("malformed token", reason="invalid") from None
         if header.get("alg") != "HS256":
             raise AuthError("token must be signed with HS256", reason="invalid")
+        if "crit" in header:
+            raise AuthError("token has a crit header: no JWS extension is supported", reason="invalid")
         iss = claims.get("iss")
         if not isinstance(iss, str) or not iss:
             raise AuthError("token has no iss", reason="invalid")
+        clock = time.time() if now is None else now
+        for name in JWT_TIME_CLAIMS:
+            v = claims.get(name)
+            if v is None and name != "iat":
+                raise AuthError(f"token has no {name}", reason="invalid")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= JWT_MAX_TIME):
+                raise AuthError(f"token {name} must be an integer number of seconds since 1970",
+                                reason="invalid")
+        if claims["exp"] - clock > self.max_token_lifetime_s + JWT_LEEWAY_S:
+            raise AuthError(f"token expires more than {self.max_token_lifetime_s} s from now", reason="invalid")
         found = self._lookup(_BY_PUBLIC_ID, iss, ("sensenova",))
         if found is None:
             raise AuthError("unknown access key id", reason="invalid")
         c, a = found
         secret = self.box.decrypt(c.secret_encrypted or "")
-        options = {"require": ["exp", "nbf", "iss"]}
+        options = {"require": ["exp", "nbf", "iss"], "verify_exp": True, "verify_nbf": True,
+                   "verify_iat": True, "verify_iss": True}
         try:
             if now is None:
-                jwt.decode(token, secret, algorithms=["HS256"], options=options, leeway=JWT_LEEWAY_S)
+                jwt.decode(token, secret, algorithms=["HS256"], options=options, leeway=JWT_LEEWAY_S,
+                           issuer=iss)
             else:   # for tests: check the times against `now` ourselves
                 claims = jwt.decode(token, secret, algorithms=["HS256"],
                                     options={**options, "verify_exp": False, "verify_nbf": False})
@@ -296,6 +352,6 @@ class Authenticator:
             raise AuthError("token not yet valid", reason="expired") from None
         except jwt.InvalidSignatureError:
             raise AuthError("token signature does not match", reason="signature") from None
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise AuthError("invalid token", reason="invalid") from None
         return self._ok(c, a)

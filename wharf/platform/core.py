@@ -28,13 +28,15 @@ class Platform:
                  model_exists: Callable[[str], bool] | None = None,
                  default_quota: tuple[int | None, int | None] = (None, None),
                  max_credentials_per_account: int | None = DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT,
-                 max_services_per_account: int | None = DEFAULT_MAX_SERVICES_PER_ACCOUNT):
+                 max_services_per_account: int | None = DEFAULT_MAX_SERVICES_PER_ACCOUNT,
+                 max_token_lifetime_s: int | None = None):
         self.store = store
         self.secret_box = secret_box
         self.accounts = Accounts(store)
         self.credentials = Credentials(store, secret_box, max_per_account=max_credentials_per_account)
         self.services = Services(store, model_exists, max_per_account=max_services_per_account)
-        self.authenticator = Authenticator(store, secret_box, credentials=self.credentials)
+        auth_kw = {} if max_token_lifetime_s is None else {"max_token_lifetime_s": max_token_lifetime_s}
+        self.authenticator = Authenticator(store, secret_box, credentials=self.credentials, **auth_kw)
         self.quota = QuotaBook(store, tz, default_chars=default_quota[0], default_tokens=default_quota[1])
         self.usage = UsageLog(store, tz)
         self.lexicon = LexiconStore(store)
@@ -47,7 +49,8 @@ class Platform:
         if it exists, else env WHARF_QUOTA_TIMEZONE, else Asia/Shanghai), platform default quotas
         (settings.default_quota_chars_per_day / default_quota_tokens_per_day), caps on
         credentials and services per account (settings.max_credentials_per_account /
-        max_services_per_account)."""
+        max_services_per_account) and the longest-lived self-signed credential accepted
+        (settings.max_token_lifetime_s: SenseNova JWTs, BCE signatures)."""
         data_dir = private_dir(settings.data_dir)
         tz = (getattr(settings, "quota_timezone", None) or os.environ.get("WHARF_QUOTA_TIMEZONE")
               or DEFAULT_TZ)
@@ -59,7 +62,8 @@ class Platform:
                    max_credentials_per_account=getattr(settings, "max_credentials_per_account",
                                                        DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT),
                    max_services_per_account=getattr(settings, "max_services_per_account",
-                                                    DEFAULT_MAX_SERVICES_PER_ACCOUNT))
+                                                    DEFAULT_MAX_SERVICES_PER_ACCOUNT),
+                   max_token_lifetime_s=getattr(settings, "max_token_lifetime_s", None))
 
     def settle_and_record(self, request_id: str, *, chars: int, tokens: int, reserved: bool,
                           **record) -> None:

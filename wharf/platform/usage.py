@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,14 @@ from wharf.platform.quota import DEFAULT_TZ
 from wharf.platform.store import Store
 
 GROUPS = ("day", "model", "service", "account")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value, n: int) -> str:
+    """At most n characters that the store can encode: a lone surrogate becomes U+FFFD
+    (never a failed insert, which would lose the request's only record)."""
+    s = str(value)[:n]
+    return s if s.isascii() else _SURROGATE.sub("\ufffd", s)
 
 
 @dataclass(frozen=True)
@@ -52,12 +61,12 @@ class UsageLog:
             raise InvalidParam("request_id must be 1-64 characters", param="request_id")
         created_at = created_at or utcnow()
         values = dict(request_id=request_id, account_id=account_id, credential_id=credential_id,
-                      service_id=service_id, model=(model or "")[:128], dialect=(dialect or "")[:16],
+                      service_id=service_id, model=_text(model or "", 128), dialect=(dialect or "")[:16],
                       prompt_tokens=int(prompt_tokens or 0), completion_tokens=int(completion_tokens or 0),
                       generated_chars=int(generated_chars or 0), n=int(n or 1), status=(status or "ok")[:64],
                       ttft_ms=None if ttft_ms is None else int(ttft_ms),
                       latency_ms=None if latency_ms is None else int(latency_ms),
-                      user=None if user is None else str(user)[:128], created_at=created_at,
+                      user=None if user is None else _text(user, 128), created_at=created_at,
                       day=created_at.astimezone(self.tz).date())
         if conn is None:
             with self.store.write_conn() as conn:
