@@ -136,6 +136,10 @@ def test_a_term_does_not_match_part_of_a_character():
     # but a later match in the same text is still found
     assert Lexicon(["cafe"]).find("café, cafe") == "cafe"
     assert Lexicon(["ab", "abc"]).find("abc\u0301 ab!") == "ab"
+    assert Lexicon(["cafe"]).find("café " * 50 + "cafe") == "cafe"       # many false starts first
+    assert Lexicon(["cafe", "fe"]).find("un café") is None
+    assert Lexicon(["abc", "b"]).find("abc\u0301") == "b"                # a shorter one inside it
+    assert Lexicon(["abc", "bc\u0301"]).find("xabc\u0301") == "bc\u0301"
     out, g = run_stream(Lexicon(["cafe"]), ["un caf", "é", " au lait"])
     assert out == "un café au lait" and not g.blocked
 

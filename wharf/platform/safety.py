@@ -233,16 +233,25 @@ class Lexicon:
         m = self._ac.find_matches_as_indexes(norm)
         if not m:
             return None
+        n = len(norm)
         first = m[0]
-        if first[2] == len(norm) or not _attaches(norm, first[2]):
+        if first[2] == n or not _attaches(norm, first[2]):
             return first
-        # Rare: the leftmost-longest match is not one; look at every (overlapping) match.
+        # Rare: that match is the first part of a character. A real one may start inside it
+        # (shorter, or later); past its end the leftmost-longest list goes on as it is.
         if self._ac_all is None:
             self._ac_all = ahocorasick_rs.AhoCorasick(self._norm_terms, matchkind=ahocorasick_rs.MATCHKIND_STANDARD)
-        for cand in sorted(self._ac_all.find_matches_as_indexes(norm, overlapping=True),
-                           key=lambda t: (t[1], t[1] - t[2])):
-            if cand[2] == len(norm) or not _attaches(norm, cand[2]):
-                return cand
+        for idx, s, e in m:
+            if e == n or not _attaches(norm, e):
+                return idx, s, e
+            window = norm[s:e + self._max_len]
+            best = None
+            for i, ws, we in self._ac_all.find_matches_as_indexes(window, overlapping=True):
+                if ws < e - s and (best is None or (ws, ws - we) < (best[1], best[1] - best[2])) \
+                        and (s + we == n or not _attaches(norm, s + we)):
+                    best = (i, ws, we)
+            if best is not None:
+                return best[0], s + best[1], s + best[2]
         return None
 
     def find(self, text: str) -> str | None:
