@@ -152,7 +152,7 @@ def gateway(server_factory, upstream):
 def model_server(server_factory):
     """The embedded model, greedy answers repeatable: prefix cache off, so a repeated
     prompt is prefilled the same way both times."""
-    s = server_factory(extra_env={"WHARF_PREFIX_CACHE_MB": "0"})
+    s = server_factory(extra_env={"WHARF_PREFIX_CACHE_MB": "0", "WHARF_THREADS": "1", "WHARF_PREFILL_THREADS": "1"})
     _set_lexicon(s, TERMS)
     return s, provision(s, "safety-model")
 
