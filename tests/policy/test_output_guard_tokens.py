@@ -141,3 +141,21 @@ def test_random_scripts_tokens_always_spell_the_text():
         full = "".join(toks)
         assert full.startswith(o.text)
         assert (o.finish is FinishReason.CONTENT) == (SafetyPolicy(["bad", "敏感词"]).find(full) is not None)
+
+
+def test_quota_cut_sends_no_token_of_unsent_text():
+    pipeline = SimpleNamespace(safety=SafetyPolicy([]), record=lambda *a, **k: None,
+                               metrics=SimpleNamespace(content_blocked=lambda where: None),
+                               platform=SimpleNamespace(quota=SimpleNamespace(extend=lambda *a, **k: False)))
+    req = GenerationRequest(model="scripted", prompt="p", sampling=SamplingParams(logprobs=1))
+    prepared = SimpleNamespace(request=req, prompt_ids=[1, 2, 3])
+    r = Run(pipeline, caller=None, engine=ScriptedEngine([per_token("abcdefghijkl")], True), prepared=prepared,
+            lease=None, reserved=True, reserved_chars=7)
+
+    async def collect():
+        return [c async for c in r.chunks()]
+    chunks = asyncio.run(collect())
+    text = "".join(c.text for c in chunks)
+    tokens = "".join(lp.token for c in chunks for lp in c.logprobs)
+    assert text == "abcdefg" and chunks[-1].finish_reason is FinishReason.LENGTH
+    assert tokens == "abcdef" and text.startswith(tokens)

@@ -148,6 +148,9 @@ class Run:
                     # The day's character quota ran out mid-answer: cut at the boundary
                     # and end every choice as "length".
                     chunk.text, chunk.finish_reason = chunk.text[:room], FinishReason.LENGTH
+                    # Token-level views never show text that was not sent.
+                    chunk.token_ids = []
+                    chunk.logprobs = None if chunk.logprobs is None else []
                     extra = [Chunk(index=i, finish_reason=FinishReason.LENGTH, prompt_tokens=self.prompt_tokens,
                                    completion_tokens=c.completion_tokens)
                              for i, c in enumerate(self.choices) if c.finish is None and i != chunk.index]
