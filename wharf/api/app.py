@@ -28,9 +28,9 @@ from wharf.platform.lexicon_store import LexiconSync
 from wharf.platform.limits import Limits, make_limiter
 from wharf.platform.metrics import Metrics
 from wharf.platform.safety import SafetyPolicy, load_terms
+from wharf.platform.tenancy import LimitValues
 
 log = logging.getLogger("wharf")
-from wharf.platform.tenancy import LimitValues
 
 # Routers added by other parts of the code base; each is optional so the app still
 # starts while one is being built. (module, attribute that builds or is the router)

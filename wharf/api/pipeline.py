@@ -9,6 +9,7 @@ metrics. Dialects only format what comes out and map errors.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -24,6 +25,24 @@ from wharf.platform.limits import Limits
 from wharf.platform.tenancy import LimitValues, rate_limits
 
 log = logging.getLogger("wharf.pipeline")
+
+# Texts longer than this are rendered and tokenized in a worker thread: the event loop
+# serves everyone else meanwhile. Shorter ones stay inline, where a thread hop would cost
+# more than the work.
+LARGE_TEXT_CHARS = 16_384
+
+
+async def off_loop_if_large(size: int, fn, *args, **kw):
+    """fn(*args, **kw), in a worker thread when it works on `size` >= LARGE_TEXT_CHARS."""
+    if size >= LARGE_TEXT_CHARS:
+        return await asyncio.to_thread(fn, *args, **kw)
+    return fn(*args, **kw)
+
+
+def text_size(request: GenerationRequest) -> int:
+    if request.messages is not None:
+        return sum(len(str(m.get("content", ""))) for m in request.messages)
+    return len(request.prompt or "")
 
 
 @dataclass
@@ -107,6 +126,34 @@ class Run:
         self.ttft: float | None = None
         self.status = "cancelled"     # until proven otherwise
         self._closed = False
+        self._source: AsyncIterator[Chunk] | None = None   # the engine's chunks, once begun
+        self._first: Chunk | None = None
+
+    async def begin(self) -> None:
+        """Wait until the engine has taken the request and made its first chunk, so that
+        a refusal (queue full, shutting down, an upstream's 503, a timeout in the queue)
+        is raised here, before a dialect answers 200 and starts a stream: SDKs retry a
+        503, not an error event inside a 200. Settles the run when it raises."""
+        self._source = self.engine.generate(self.prepared).__aiter__()
+        try:
+            self._first = await self._source.__anext__()
+        except StopAsyncIteration:
+            pass
+        except WharfError as exc:
+            self.status = f"error:{exc.kind}"
+            self.close()
+            raise
+        except BaseException:        # cancelled while waiting: recorded as such
+            self.close()
+            raise
+
+    async def _engine_chunks(self) -> AsyncIterator[Chunk]:
+        if self._source is None:
+            self._source = self.engine.generate(self.prepared).__aiter__()
+        elif self._first is not None:
+            yield self._first
+        async for chunk in self._source:
+            yield chunk
 
     @property
     def completion_tokens(self) -> int:
@@ -120,7 +167,7 @@ class Run:
         guards = [self.pipeline.safety.stream_guard() for _ in self.choices]
         gates = [_TokenGate() for _ in self.choices]
         try:
-            async for chunk in self.engine.generate(self.prepared):
+            async for chunk in self._engine_chunks():
                 state, guard = self.choices[chunk.index], guards[chunk.index]
                 if state.finish is not None:
                     continue                      # a choice cut by the output guard
@@ -242,7 +289,7 @@ class Pipeline:
             # load or cached prompts never show in another's service.
             request.tenant = f"account:{caller.principal.account_id}"
             engine = self.registry.resolve(request.model)
-            prepared = engine.prepare(request)
+            prepared = await off_loop_if_large(text_size(request), engine.prepare, request)
             if request.messages is not None:
                 for m in request.messages:
                     self.safety.check_input(str(m.get("content", "")))
@@ -267,10 +314,12 @@ class Pipeline:
             except BaseException:
                 lease.release()
                 raise
-            return Run(self, caller, engine, prepared, lease, reserved=True, reserved_chars=worst_tokens)
+            run = Run(self, caller, engine, prepared, lease, reserved=True, reserved_chars=worst_tokens)
         except WharfError as exc:
             self.reject(caller, request, exc, model=engine.info.name if engine else request.model)
             raise
+        await run.begin()            # records its own refusal
+        return run
 
     def reject(self, caller: Caller, request: GenerationRequest | None, exc: WharfError,
                model: str = "") -> None:

@@ -52,7 +52,7 @@ from wharf import errors as E
 from wharf.api.common import json_body
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
-from wharf.api.pipeline import Caller, Run
+from wharf.api.pipeline import Caller, Run, off_loop_if_large, text_size
 from wharf.api.sse import dumps, event
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
 from wharf.platform.auth import Principal
@@ -316,14 +316,14 @@ def _prompt(body: dict) -> str:
     return prompt
 
 
-def _default_max_tokens(state, gen: GenerationRequest) -> None:
+async def _default_max_tokens(state, gen: GenerationRequest) -> None:
     """No max_output_tokens: 1024 or what the window leaves, whichever is smaller. When the
     prompt alone does not fit, leave None so the pipeline refuses (and records) it."""
     if gen.sampling.max_tokens is not None:
         return
     try:
         engine = state.pipeline.engine_for(gen.model)
-        prepared = engine.prepare(gen)          # max_tokens None: the window's remainder
+        prepared = await off_loop_if_large(text_size(gen), engine.prepare, gen)   # None: the window's remainder
     except E.WharfError:
         return
     gen.sampling.max_tokens = min(DEFAULT_MAX_OUTPUT_TOKENS, prepared.max_tokens)
@@ -383,7 +383,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
         return _error(exc, headers=headers)
-    _default_max_tokens(state, gen)
+    await _default_max_tokens(state, gen)
 
     try:
         run = await state.pipeline.start(caller, gen)

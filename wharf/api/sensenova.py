@@ -56,7 +56,7 @@ from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
-from wharf.api.pipeline import Caller, Run
+from wharf.api.pipeline import Caller, Run, off_loop_if_large
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import InvalidParam, WharfError
@@ -165,9 +165,11 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         engine = state.pipeline.engine_for(body.model)
         if chat:
             messages = [{"role": m.role, "content": m.content} for m in body.messages]
-            prompt_tokens = len(engine.tokenize(engine.render_chat(messages), special=False))
+            size = sum(len(m["content"]) for m in messages)
+            prompt_tokens = len(await off_loop_if_large(
+                size, lambda: engine.tokenize(engine.render_chat(messages), special=False)))
         else:
-            prompt_tokens = len(engine.tokenize(body.prompt))
+            prompt_tokens = len(await off_loop_if_large(len(body.prompt), engine.tokenize, body.prompt))
         prompt_tokens = max(1, prompt_tokens)
         window = engine.info.context_length
         room = window - prompt_tokens

@@ -47,7 +47,7 @@ from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
-from wharf.api.pipeline import Caller
+from wharf.api.pipeline import Caller, off_loop_if_large
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import InvalidParam, WharfError
 
@@ -132,7 +132,7 @@ async def completions(request: Request):
         model = raw.get("model") if isinstance(raw.get("model"), str) else ""
         body = parse_model(WeLMBody, raw)
         engine = state.pipeline.engine_for(body.model)
-        prompt_tokens = len(engine.tokenize(body.prompt))
+        prompt_tokens = len(await off_loop_if_large(len(body.prompt), engine.tokenize, body.prompt))
         if prompt_tokens + body.max_tokens > WINDOW:
             raise InvalidParam(f"prompt length ({prompt_tokens} tokens) + max_tokens ({body.max_tokens}) "
                                f"must be <= {WINDOW}", param="max_tokens")

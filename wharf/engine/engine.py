@@ -4,6 +4,7 @@ and hand its chunks to asyncio code. No HTTP, no accounts."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -39,6 +40,26 @@ def fit_window(prompt_tokens: int, max_tokens: int | None, window: int, prompt_p
     return max_tokens
 
 
+@functools.cache
+def _longest_token_chars(tokenizer) -> int:
+    """How many characters one token of this vocabulary can stand for, at most: its
+    spelling in the vocabulary (byte-level or SentencePiece, added tokens too) is never
+    shorter than the text it decodes to."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+
+
+def tokenize_bounded(tokenizer, text: str, window: int, *, special: bool = True) -> list[int]:
+    """Token ids of `text`, refusing at once a text too long for any tokenization of it
+    to fit `window` tokens: a multi-megabyte prompt costs a length check, not seconds of
+    tokenizer time (with the GIL held) before the same refusal."""
+    limit = window * _longest_token_chars(tokenizer)
+    if len(text) > limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {window} tokens; a prompt of {len(text)} characters "
+            f"cannot fit it (at most {limit} characters can).", param="prompt")
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
 @dataclass
 class PreparedRequest:
     request: GenerationRequest
@@ -69,7 +90,7 @@ class Engine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Tokenize and check the window; raises ContextLengthExceeded / InvalidParam."""

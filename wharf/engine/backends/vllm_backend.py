@@ -56,7 +56,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from wharf.engine.engine import PreparedRequest, fit_window
+from wharf.engine.engine import PreparedRequest, fit_window, tokenize_bounded
 from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout
@@ -114,7 +114,7 @@ class VllmEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if request.messages is not None:
@@ -162,7 +162,10 @@ class VllmEngine:
         # they go out with the next chunk that has text or a finish, as in Wharf's own engine.
         pending_ids: list[list[int]] = [[] for _ in range(n)]
         pending_lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
-        stream = self.llm.generate({"prompt_token_ids": list(prepared.prompt_ids)}, params, req.request_id)
+        prompt = {"prompt_token_ids": list(prepared.prompt_ids)}
+        if req.tenant:       # vLLM's prefix cache per tenant: no cross-account timing oracle
+            prompt["cache_salt"] = req.tenant
+        stream = self.llm.generate(prompt, params, req.request_id)
         self.running += 1
         try:
             while not all(finished):

@@ -1,0 +1,92 @@
+"""Issue 15, finding 13: a streamed request the engine refuses is refused before its
+stream starts, with the dialect's retryable answer (OpenAI and SenseNova 503, Qianfan
+336100 as plain JSON), as a non-streamed one is: SDKs retry a 503, not a 200 carrying an
+error event. `n` beyond the batch is a 400 before any role frame, too."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.reliability.rel_clients import QF_PREFIX, provision, sensenova_jwt, usage_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def full_server(server_factory):
+    return server_factory(extra_env={"WHARF_MAX_QUEUE": "1", "WHARF_MAX_BATCH_SIZE": "1"})
+
+
+def _hold_the_engine(server, stop: threading.Event) -> list[threading.Thread]:
+    """One request running (the only slot) and one waiting (the only queue place)."""
+    hog = provision(server, "openai")
+
+    def hold():
+        while not stop.is_set():
+            try:
+                httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {hog.key}"},
+                           json={"model": MODEL, "prompt": "Once", "max_tokens": 100, "ignore_eos": True},
+                           timeout=120)
+            except httpx.HTTPError:
+                pass
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while True:
+        s = server.engine_stats()[MODEL]
+        if s["running"] >= 1 and s["waiting"] >= 1:
+            return threads
+        assert time.monotonic() < deadline, "could not fill the engine"
+        time.sleep(0.05)
+
+
+def _streams(server):
+    """(dialect, account, method, url, kwargs) of one streamed call per streaming dialect."""
+    oa, qf, sn = provision(server, "openai"), provision(server, "qianfan"), provision(server, "sensenova")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 4, "stream": True}
+    yield "openai", oa, server.url + "/v1/chat/completions", dict(
+        headers={"Authorization": f"Bearer {oa.key}"}, json=chat)
+    yield "openai", oa, server.url + "/v1/completions", dict(
+        headers={"Authorization": f"Bearer {oa.key}"},
+        json={"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True})
+    yield "qianfan", qf, f"{server.url}{QF_PREFIX}/chat/{qf.endpoint}", dict(
+        params={"access_token": qf.access_token},
+        json={"messages": [{"role": "user", "content": "你好"}], "stream": True, "max_output_tokens": 4})
+    yield "sensenova", sn, server.url + "/v1/llm/completions", dict(
+        headers={"Authorization": f"Bearer {sensenova_jwt(sn.ak, sn.sk)}"},
+        json={"model": MODEL, "prompt": "你好", "max_new_tokens": 4, "stream": True})
+
+
+def test_streams_refused_as_overloaded_before_the_stream_starts(full_server):
+    stop = threading.Event()
+    threads = _hold_the_engine(full_server, stop)
+    try:
+        for dialect, acct, url, kw in _streams(full_server):
+            r = httpx.post(url, timeout=60, **kw)
+            ctype = r.headers.get("content-type", "")
+            assert "event-stream" not in ctype and "json" in ctype, (dialect, url, r.status_code, ctype, r.text[:200])
+            if dialect == "qianfan":
+                assert r.status_code == 200 and r.json()["error_code"] == 336100, r.text[:200]
+            else:
+                assert r.status_code == 503, (dialect, url, r.status_code, r.text[:200])
+            statuses = [rec["status"] for rec in usage_records(full_server, acct.account_id)]
+            assert statuses and statuses[0] == "error:overloaded", statuses
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+
+
+def test_n_beyond_the_batch_is_a_400_before_any_frame(full_server):
+    acct = provision(full_server, "openai")
+    r = httpx.post(full_server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {acct.key}"},
+                   timeout=60, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2,
+                                     "max_tokens": 2, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text[:300]
+    assert [rec["status"] for rec in usage_records(full_server, acct.account_id)] == ["error:invalid_param"]
