@@ -54,7 +54,7 @@ from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run, off_loop_if_large, text_size
 from wharf.api.sse import dumps, event
-from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
+from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.platform.auth import Principal
 
 router = APIRouter(tags=["qianfan"])
@@ -394,33 +394,20 @@ async def _serve(request: Request, endpoint: str, kind: str):
         return _error(exc, headers=headers)
 
     rid, obj = _new_id(), ("chat.completion" if kind == "chat" else "completion")
-    chunks = run.chunks().__aiter__()
-    # Pull the first chunk before answering: an engine refusal (queue full -> 336100, which
-    # the SDK retries) must still be a plain JSON error, not a stream.
-    try:
-        first: Chunk | None = await chunks.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except E.WharfError as exc:
-        return _error(exc, headers=headers, rid=rid)
-
+    # The pipeline has waited for the engine's first chunk: a refusal (queue full ->
+    # 336100, which the SDK retries) was a plain JSON error above, never a stream.
     if body.get("stream"):
-        return StreamingResponse(_stream(run, chunks, first, rid, obj, kind),
-                                 media_type="text/event-stream",
+        return StreamingResponse(_stream(run, rid, obj, kind), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
     texts, finish = [], None
+    chunks = run.chunks()
 
     async def collect() -> None:
         nonlocal finish
-        c = first
-        while c is not None:
+        async for c in chunks:
             texts.append(c.text)
             finish = c.finish_reason or finish
-            try:
-                c = await chunks.__anext__()
-            except StopAsyncIteration:
-                c = None
     try:
         await unless_client_leaves(request, collect())
     except ClientGone:
@@ -438,8 +425,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
     return JSONResponse(out, headers=headers)
 
 
-async def _stream(run: Run, chunks: AsyncIterator[Chunk], first: Chunk | None, rid: str, obj: str,
-                  kind: str) -> AsyncIterator[bytes]:
+async def _stream(run: Run, rid: str, obj: str, kind: str) -> AsyncIterator[bytes]:
     sentence = 0
 
     def frame(text: str, finish: FinishReason | None, end: bool) -> bytes:
@@ -455,18 +441,16 @@ async def _stream(run: Run, chunks: AsyncIterator[Chunk], first: Chunk | None, r
         return event(out)
 
     ended = False
+    chunks = run.chunks()
     try:
-        c = first
-        while c is not None:
-            if c.finish_reason is not None and not ended:
+        async for c in chunks:    # read to the end so the run settles as finished, not cancelled
+            if ended:
+                continue
+            if c.finish_reason is not None:
                 yield frame(c.text, c.finish_reason, True)
                 ended = True
-            elif c.text and not ended:
+            elif c.text:
                 yield frame(c.text, None, False)
-            try:     # run to the end so the run settles as finished, not cancelled
-                c = await chunks.__anext__()
-            except StopAsyncIteration:
-                c = None
         if not ended:
             yield frame("", FinishReason.STOP, True)
     except E.WharfError as exc:
