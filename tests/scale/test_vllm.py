@@ -293,6 +293,22 @@ def test_deltas_finish_and_params(tokenizer):
     assert engine.stats().generated_tokens == 7
 
 
+def test_tenant_salts_vllms_prefix_cache_and_greedy_is_one_spelling(tokenizer):
+    """The tenant reaches vLLM as cache_salt (no cross-account prefix-cache oracle), and
+    the pipeline's check writes WeLM's `temperature 0, top_p 0, top_k 10` (which vLLM
+    refuses as top_p 0) and Qianfan's `top_k 1` as plain greedy."""
+    llm = FakeLLM([["ok"]], finish="stop")
+    engine = _engine(llm, tokenizer)
+    welm_greedy = SamplingParams(max_tokens=3, temperature=0.0, top_p=0.0, top_k=10).check()
+    asyncio.run(_collect(engine, GenerationRequest(model=MODEL, prompt="Hi", sampling=welm_greedy,
+                                                   tenant="account:7")))
+    prompt, params, _ = llm.calls[0]
+    assert prompt["cache_salt"] == "account:7"
+    assert (params.temperature, params.top_p, params.top_k) == (0.0, 1.0, -1)
+    top1 = SamplingParams(max_tokens=3, temperature=0.8, top_k=1).check()
+    assert (top1.temperature, top1.top_k) == (0.0, 0)
+
+
 def test_chat_is_rendered_with_the_template(tokenizer):
     llm = FakeLLM([["ok"]], finish="stop")
     engine = _engine(llm, tokenizer)
