@@ -15,15 +15,14 @@ per chunk.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 
 import httpx
 import pytest
 
 from tests.conftest import MODEL
+from tests.loopback_http import LoopbackHTTP
 from tests.policy_http.dialects import ALL_DIALECTS, COMPLETION_DIALECTS, call, provision
 
 pytestmark = pytest.mark.slow
@@ -59,49 +58,15 @@ def script_for(body: dict) -> list[str]:
     return ["好的：", "敏" + s, "感", s + "词", "。"]
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackHTTP):
     """OpenAI-compatible on loopback: /v1/models lists MODEL; completions and chat answer
     the pieces of script_for(body) as a stream, with per-piece logprobs when asked."""
 
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-
-        async def start():
-            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = self.server.sockets[0].getsockname()[1]
-            ready.set()
-        self.loop.run_until_complete(start())
-        self.loop.run_forever()
-
-    async def _handle(self, reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            raw = await reader.readexactly(length) if length else b""
-            if head.startswith(b"GET /v1/models"):
-                payload = json.dumps({"object": "list", "data": [
-                    {"id": MODEL, "object": "model", "root": "fake/scripted", "max_model_len": 4096}]}).encode()
-                ctype = b"application/json"
-            else:
-                payload, ctype = self._answer(json.loads(raw)), b"text/event-stream"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
-                         + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def respond(self, head: bytes, body: bytes):
+        if head.startswith(b"GET /v1/models"):
+            return b"200 OK", b"application/json", json.dumps({"object": "list", "data": [
+                {"id": MODEL, "object": "model", "root": "fake/scripted", "max_model_len": 4096}]}).encode()
+        return b"200 OK", b"text/event-stream", self._answer(json.loads(body))
 
     @staticmethod
     def _answer(body: dict) -> bytes:
@@ -125,13 +90,6 @@ class ScriptedUpstream:
         frames.append({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces)}})
         return b"".join(b"data: " + json.dumps(f, ensure_ascii=False).encode() + b"\n\n" for f in frames) \
             + b"data: [DONE]\n\n"
-
-    def stop(self):
-        async def close():
-            self.server.close()
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ gateway keeps its own accounts, usage and error mapping."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 
@@ -16,6 +14,7 @@ import jwt
 import pytest
 
 from tests.conftest import MODEL
+from tests.loopback_http import LoopbackHTTP
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
@@ -212,68 +211,20 @@ def test_cancel_mid_stream_frees_the_upstream(gateway, gw_account, upstream):
 
 # -- a fake upstream that hangs, rejects, or is gone -----------------------------------------
 
-class FakeUpstream:
-    """A tiny HTTP server on loopback: lists two models; `slow-model` requests are
-    accepted and never answered; `bad-model` requests get a vLLM-style 400."""
+class FakeUpstream(LoopbackHTTP):
+    """Lists two models; `slow-model` requests are accepted and never answered;
+    `bad-model` requests get a vLLM-style 400."""
 
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.server = None
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-
-        async def start():
-            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = self.server.sockets[0].getsockname()[1]
-            ready.set()
-        self.loop.run_until_complete(start())
-        self.loop.run_forever()
-
-    async def _handle(self, reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length) if length else b""
-            if head.startswith(b"GET /v1/models"):
-                payload = json.dumps({"object": "list", "data": [
-                    {"id": "slow-model", "object": "model", "root": "fake/slow", "max_model_len": 4096},
-                    {"id": "bad-model", "object": "model", "root": "fake/bad"}]}).encode()
-                status = b"200 OK"
-            elif b'"bad-model"' in body:
-                payload = json.dumps({"object": "error", "message": "top_k must be -1 or at least 1, got 7000.",
-                                      "type": "BadRequestError", "code": 400}).encode()
-                status = b"400 Bad Request"
-            else:
-                await asyncio.sleep(3600)      # accepted, never answered
-                return
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    def stop(self):
-        async def close():
-            self.server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-        if self.server is not None:
-            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            self.server = None
+    async def respond(self, head: bytes, body: bytes):
+        if head.startswith(b"GET /v1/models"):
+            return b"200 OK", b"application/json", json.dumps({"object": "list", "data": [
+                {"id": "slow-model", "object": "model", "root": "fake/slow", "max_model_len": 4096},
+                {"id": "bad-model", "object": "model", "root": "fake/bad"}]}).encode()
+        if b'"bad-model"' in body:
+            return b"400 Bad Request", b"application/json", json.dumps({
+                "object": "error", "message": "top_k must be -1 or at least 1, got 7000.",
+                "type": "BadRequestError", "code": 400}).encode()
+        return None
 
 
 @pytest.fixture(scope="module")

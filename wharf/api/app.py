@@ -25,7 +25,7 @@ from wharf.config import Settings
 from wharf.errors import WharfError
 from wharf.platform.core import Platform
 from wharf.platform.lexicon_store import LexiconSync
-from wharf.platform.limits import Limits, make_limiter
+from wharf.platform.limits import make_limiter
 from wharf.platform.metrics import Metrics
 from wharf.platform.safety import SafetyPolicy, load_terms
 from wharf.platform.tenancy import LimitValues

@@ -44,7 +44,6 @@ raises on it), then `data:[DONE]`.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Literal
 

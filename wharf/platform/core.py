@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from wharf.platform.accounts import Accounts, ensure_admin
 from wharf.platform.auth import Authenticator
