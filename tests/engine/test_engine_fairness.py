@@ -49,7 +49,7 @@ def test_a_wide_request_gives_a_slot_back_to_a_bystander(small_engine, bystander
             chunks = [c async for c in eng.generate(req)]
             done.append(name)
             return chunks
-        wide = asyncio.create_task(run("wide", _req("Tell me a story about a lighthouse.", 120, "same account", n=4)))
+        wide = asyncio.create_task(run("wide", _req("Tell me a story about a lighthouse.", 64, "same account", n=4)))
         while eng.stats().running < 4:                 # the wide request holds every slot
             await asyncio.sleep(0.01)
         before = eng.scheduler.preemptions
@@ -63,7 +63,7 @@ def test_a_wide_request_gives_a_slot_back_to_a_bystander(small_engine, bystander
     # Greedy choices are identical, the preempted (and recomputed) one included.
     texts = ["".join(c.text for c in wide if c.index == i) for i in range(4)]
     ids = [[t for c in wide if c.index == i for t in c.token_ids] for i in range(4)]
-    assert all(len(x) == 120 for x in ids) and len(set(map(tuple, ids))) == 1, texts
+    assert all(len(x) == 64 for x in ids) and len(set(map(tuple, ids))) == 1, texts
     assert [c.finish_reason for c in wide if c.finish_reason] == [FinishReason.LENGTH] * 4
     assert eng.stats().running == 0 and eng.stats().waiting == 0
 

@@ -14,11 +14,12 @@ share it gives back by preemption, and the preempted sequence later recomputes i
 n = 1 requests this is first come, first served, and nothing is ever preempted.
 
 A sequence is its `token_ids` (prompt + output so far) and, while it holds a slot, the
-KV of its first `kv` positions. It decodes once kv == len(token_ids) - 1: the step feeds
-its last token and samples the next. New and preempted sequences enter the same way:
-their slot is filled up to len - 1 by copying from a sibling choice that shares the
-prompt, from the prefix cache, or by prefill in chunks of the step's budget (so a long
-prompt never stalls running streams for long); then they decode with everyone else.
+KV of its first `kv` positions. New and preempted sequences enter the same way: their
+slot is filled with the KV of all their tokens, by copying from a sibling choice that
+shares the prompt, from the prefix cache, or by prefill in chunks of the step's budget
+(so a long prompt never stalls running streams for long), and their next token is
+sampled from the last logits. From then on kv == len(token_ids) - 1 and each decode
+step feeds the last token and samples the next, batched with everyone else.
 """
 
 from __future__ import annotations
@@ -64,12 +65,9 @@ class Sequence:
         return len(self.token_ids) - self.group.prompt_len
 
     @property
-    def fill_target(self) -> int:
-        return len(self.token_ids) - 1
-
-    @property
     def decoding(self) -> bool:
-        return self.finish is None and self.slot >= 0 and self.kv >= self.fill_target
+        """Its slot holds the KV of every token but the last, which the next step feeds."""
+        return self.finish is None and self.slot >= 0 and self.kv == len(self.token_ids) - 1
 
     @property
     def needs_penalties(self) -> bool:
@@ -92,6 +90,7 @@ class Group:
     cancelled: bool = False
     done: bool = False
     cached: bool = False               # its prompt's blocks went to the prefix cache
+    prompt_logits: torch.Tensor | None = None   # n > 1: the prompt's last logits, for every choice
     first_token_at: float | None = None
     arrival: int = field(default_factory=lambda: next(_arrivals))
 
@@ -337,43 +336,54 @@ class Scheduler:
             torch.set_num_threads(self.decode_threads)
 
     def _fill(self, seq: Sequence, budget: int) -> int:
-        """Bring the slot's KV closer to fill_target; returns the tokens prefilled."""
-        group, target = seq.group, seq.fill_target
-        prompt_part = min(group.prompt_len, target)
-        if seq.kv < prompt_part:
+        """Bring the slot's KV closer to all of the sequence's tokens; once there, sample
+        its next token from the last one's logits (so a first token costs no extra decode
+        step). Returns the tokens prefilled."""
+        group, target, prompt_len = seq.group, len(seq.token_ids), seq.group.prompt_len
+        if seq.kv < prompt_len:
             ahead = self.filling[:self.filling.index(seq)]
-            if any(s.group is group and s.kv < prompt_part for s in ahead):
+            if any(s.group is group and s.kv < prompt_len for s in ahead):
                 return 0          # a sibling ahead is computing the prompt: copy it when done
-            # A sibling choice holding the prompt: copy it rather than compute it again.
+            # A sibling choice holding the prompt: copy it rather than compute it again (all
+            # of it only when the prompt's last logits are kept to sample from).
             donor = max((s for s in group.seqs if s is not seq and s.slot >= 0), key=lambda s: s.kv,
                         default=None)
-            if donor is not None and min(donor.kv, prompt_part) > seq.kv:
-                seq.kv = min(donor.kv, prompt_part)
-                self.runner.copy_slot(donor.slot, seq.slot, seq.kv)
+            copy = min(donor.kv, prompt_len) if donor is not None else 0
+            if copy == target and group.prompt_logits is None:
+                copy -= 1
+            if copy > seq.kv:
+                seq.kv = copy
+                self.runner.copy_slot(donor.slot, seq.slot, copy)
             elif seq.kv == 0 and self.prefix_cache is not None:
-                blocks = self.prefix_cache.lookup(group.tenant, seq.token_ids[:prompt_part + 1])
+                blocks = self.prefix_cache.lookup(group.tenant, group.prompt_ids)
                 if blocks:
                     seq.kv = self.runner.import_prefix(seq.slot, blocks)
-        took = 0
+        took, logits = 0, None
         if seq.kv < target:
             took = min(budget, target - seq.kv)
-            self.runner.prefill(seq.slot, seq.token_ids[seq.kv:seq.kv + took], seq.kv)
+            logits = self.runner.prefill(seq.slot, seq.token_ids[seq.kv:seq.kv + took], seq.kv)
             seq.kv += took
-        if seq.kv >= prompt_part and not group.cached and self.prefix_cache is not None:
+        if seq.kv >= prompt_len and not group.cached and self.prefix_cache is not None:
             group.cached = True
             slot = seq.slot
-            self.prefix_cache.store(group.tenant, group.prompt_ids[:prompt_part],
+            self.prefix_cache.store(group.tenant, group.prompt_ids,
                                     lambda start, end: self.runner.export_prefix(slot, start, end))
-        if seq.kv >= target:
-            self.filling.remove(seq)
-            if seq.needs_penalties:     # rebuilt from the tokens: the slot may be a new one
-                self.seen[seq.slot].zero_()
-                self.seen[seq.slot, seq.token_ids] = True
-                self.counts[seq.slot].zero_()
-                out = seq.token_ids[group.prompt_len:]
-                if out:
-                    self.counts[seq.slot] += torch.bincount(torch.tensor(out),
-                                                            minlength=self.counts.shape[1]).to(torch.int32)
+        if seq.kv < target:
+            return took
+        if logits is None:                  # the whole prompt was copied from a sibling
+            logits = group.prompt_logits
+        elif target == prompt_len and group.params.n > 1:
+            group.prompt_logits = logits    # for the other choices, which copy the prompt
+        self.filling.remove(seq)
+        if seq.needs_penalties:             # rebuilt from the tokens: the slot may be a new one
+            self.seen[seq.slot].zero_()
+            self.seen[seq.slot, seq.token_ids] = True
+            self.counts[seq.slot].zero_()
+            out = seq.token_ids[prompt_len:]
+            if out:
+                self.counts[seq.slot] += torch.bincount(torch.tensor(out),
+                                                        minlength=self.counts.shape[1]).to(torch.int32)
+        self._sample_and_emit([seq], logits.unsqueeze(0))
         return took
 
     # -- decoding -------------------------------------------------------------------------------
