@@ -19,10 +19,11 @@ from wharf.api import openai
 from wharf.api.body_limit import BodyLimit
 from wharf.api.common import bearer_token
 from wharf.api.errors import openai_error
+from wharf.api.path_errors import error_for_path
 from wharf.api.pipeline import Pipeline
 from wharf.api.throttle import ControlThrottle, control_limits
 from wharf.config import Settings
-from wharf.errors import WharfError
+from wharf.errors import Overloaded, WharfError
 from wharf.platform.core import Platform
 from wharf.platform.lexicon_store import LexiconSync
 from wharf.platform.limits import make_limiter
@@ -243,23 +244,7 @@ class RedactSecrets(logging.Filter):
 
 
 def unavailable_response(path: str) -> Response:
-    """'Try again shortly' in the dialect that owns `path` (the store or Redis is down)."""
-    from wharf.errors import Overloaded
-
-    exc = Overloaded("a backing service (database or rate limiter) is unavailable; retry shortly")
-    if path.startswith(("/rpc/2.0/ai_custom", "/wenxinworkshop")):
-        from wharf.api.qianfan import _error
-        return _error(exc)                        # HTTP 200, error_code 336100 (the SDK retries it)
-    if path.startswith("/oauth/"):
-        return JSONResponse({"error": "temporarily_unavailable", "error_description": exc.message},
-                            status_code=503)
-    if path.startswith("/welm/"):
-        from wharf.api.welm import welm_error
-        return welm_error(exc)
-    if path.startswith("/v1/llm/"):
-        from wharf.api.sensenova import sensenova_error
-        return sensenova_error(exc)
-    if path.startswith("/admin/"):
-        return JSONResponse({"error": {"message": exc.message, "type": "unavailable", "param": None}},
-                            status_code=503)
-    return openai_error(exc)
+    """'Try again shortly' in the dialect that owns `path` (the store or Redis is down):
+    Qianfan HTTP 200 + 336100 (the SDK retries it), OAuth temporarily_unavailable, 503s."""
+    return error_for_path(path, Overloaded("a backing service (database or rate limiter) is unavailable; "
+                                           "retry shortly"))

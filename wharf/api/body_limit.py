@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from starlette.requests import ClientDisconnect
 
-from wharf.api.errors import error_for_path
+from wharf.api.path_errors import error_for_path
 from wharf.errors import InvalidRequest
 
 

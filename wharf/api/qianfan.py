@@ -115,7 +115,7 @@ def _error_body(exc: E.WharfError, *, iam: bool = False, rid: str | None = None,
     return {"error_code": code, "error_msg": msg, "id": rid or _new_id(), **extra}
 
 
-def _error(exc: E.WharfError, *, iam: bool = False, headers: dict | None = None, **extra) -> JSONResponse:
+def qianfan_error(exc: E.WharfError, *, iam: bool = False, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse(_error_body(exc, iam=iam, **extra), status_code=200, headers=headers)
 
 
@@ -189,7 +189,7 @@ async def service_list(request: Request):
     try:
         principal = _authenticate(request)
     except E.WharfError as exc:
-        return _error(exc, iam=iam)
+        return qianfan_error(exc, iam=iam)
     filters = None
     try:
         body = await json_body(request, state.settings.max_body_bytes) if await request.body() else {}
@@ -357,14 +357,14 @@ async def _serve(request: Request, endpoint: str, kind: str):
     try:
         principal = _authenticate(request)
     except E.WharfError as exc:
-        return _error(exc, iam=iam)
+        return qianfan_error(exc, iam=iam)
     caller = Caller(principal=principal, dialect="qianfan")
     headers = _limit_headers(state, caller)
     try:
         svc = state.platform.services.resolve_service(principal, endpoint, kind)
     except E.WharfError as exc:
         state.pipeline.reject(caller, None, exc)
-        return _error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers)
     caller.service_id, caller.service_limits = svc.id, (svc.rpm, svc.tpm)
     headers = _limit_headers(state, caller)
 
@@ -382,16 +382,16 @@ async def _serve(request: Request, endpoint: str, kind: str):
         if not isinstance(exc, E.WharfError):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
-        return _error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers)
     await _default_max_tokens(state, gen)
 
     try:
         run = await state.pipeline.start(caller, gen)
     except E.ContentBlocked as exc:
-        return _error(exc, headers=headers, need_clear_history=True,
+        return qianfan_error(exc, headers=headers, need_clear_history=True,
                       ban_round=_ban_round(state, messages) if messages else -1)
     except E.WharfError as exc:
-        return _error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers)
 
     rid, obj = _new_id(), ("chat.completion" if kind == "chat" else "completion")
     # The pipeline has waited for the engine's first chunk: a refusal (queue full ->
@@ -413,7 +413,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
     except ClientGone:
         return gone_response()
     except E.WharfError as exc:
-        return _error(exc, headers=headers, rid=rid)
+        return qianfan_error(exc, headers=headers, rid=rid)
     finally:
         await chunks.aclose()
     out = {"id": rid, "object": obj, "created": int(time.time()), "result": "".join(texts),

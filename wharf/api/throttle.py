@@ -27,7 +27,7 @@ import logging
 import time
 from urllib.parse import parse_qs
 
-from wharf.api.errors import error_for_path
+from wharf.api.path_errors import error_for_path
 from wharf.errors import RateLimited
 from wharf.platform.limits import Limiter, Limits
 
