@@ -89,6 +89,7 @@ class ContentBlocked(WharfError):
     """The safety lexicon matched. reason: "input" or "output"."""
 
     kind = "content_blocked"
+    prompt_tokens: int | None = None    # set on input blocks, for dialects that report usage
 
 
 class Overloaded(WharfError):

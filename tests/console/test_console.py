@@ -6,7 +6,6 @@ screenshot of every page at 1280 px and 390 px."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import uuid

@@ -235,7 +235,7 @@ def test_prompt_plus_max_tokens_at_most_2048(server, client, key):
     long_prompt = "apple banana cherry " * 380
     probe = post(client, key, {"model": MODEL, "prompt": long_prompt, "max_tokens": 1024})
     assert probe.status_code == 400, probe.text
-    p = int(re.search(r"prompt length \((\d+) tokens\)", probe.json()["error"]["message"]).group(1))
+    p = int(re.search(r"\((\d+) in the prompt", probe.json()["error"]["message"]).group(1))
     assert 1024 < p < 2047, p
     room = 2048 - p
     _, tight = server.account("welm-window", quota_chars_per_day=1)

@@ -290,11 +290,15 @@ class Pipeline:
             request.tenant = f"account:{caller.principal.account_id}"
             engine = self.registry.resolve(request.model)
             prepared = await off_loop_if_large(text_size(request), engine.prepare, request)
-            if request.messages is not None:
-                for m in request.messages:
-                    self.safety.check_input(str(m.get("content", "")))
-            else:
-                self.safety.check_input(prepared.prompt_text)
+            try:
+                if request.messages is not None:
+                    for m in request.messages:
+                        self.safety.check_input(str(m.get("content", "")))
+                else:
+                    self.safety.check_input(prepared.prompt_text)
+            except ContentBlocked as exc:
+                exc.prompt_tokens = len(prepared.prompt_ids)
+                raise
             params = request.sampling
             worst_tokens = params.n * prepared.max_tokens
             try:

@@ -52,7 +52,7 @@ from wharf import errors as E
 from wharf.api.common import json_body
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
-from wharf.api.pipeline import Caller, Run, off_loop_if_large, text_size
+from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import dumps, event
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.platform.auth import Principal
@@ -316,19 +316,6 @@ def _prompt(body: dict) -> str:
     return prompt
 
 
-async def _default_max_tokens(state, gen: GenerationRequest) -> None:
-    """No max_output_tokens: 1024 or what the window leaves, whichever is smaller. When the
-    prompt alone does not fit, leave None so the pipeline refuses (and records) it."""
-    if gen.sampling.max_tokens is not None:
-        return
-    try:
-        engine = state.pipeline.engine_for(gen.model)
-        prepared = await off_loop_if_large(text_size(gen), engine.prepare, gen)   # None: the window's remainder
-    except E.WharfError:
-        return
-    gen.sampling.max_tokens = min(DEFAULT_MAX_OUTPUT_TOKENS, prepared.max_tokens)
-
-
 def _ban_round(state, messages: list[dict]) -> int:
     """Which user round the lexicon matched: -1 for the current question."""
     users = [m for m in messages if m["role"] == "user"]
@@ -383,7 +370,8 @@ async def _serve(request: Request, endpoint: str, kind: str):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
         return qianfan_error(exc, headers=headers)
-    await _default_max_tokens(state, gen)
+    if gen.sampling.max_tokens is None:      # 1024, or what the window leaves if less
+        gen.default_max_tokens = DEFAULT_MAX_OUTPUT_TOKENS
 
     try:
         run = await state.pipeline.start(caller, gen)

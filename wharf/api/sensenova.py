@@ -55,10 +55,10 @@ from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
-from wharf.api.pipeline import Caller, Run, off_loop_if_large
+from wharf.api.pipeline import Caller, Run
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
-from wharf.errors import InvalidParam, WharfError
+from wharf.errors import WharfError
 
 router = APIRouter(tags=["sensenova"])
 
@@ -91,7 +91,7 @@ class _Common(BaseModel):
             raise ValueError(f"at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters")
         return [s for s in stops if s]
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling(self, max_tokens: int | None) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                               repetition_penalty=self.repetition_penalty, stop=self.stop or [], n=self.n)
 
@@ -161,47 +161,30 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         raw = await json_body(request, state.settings.max_body_bytes)
         body = parse_model(body_model, raw)
         caller.user = raw.get("user") if isinstance(raw.get("user"), str) else None
-        engine = state.pipeline.engine_for(body.model)
-        if chat:
-            messages = [{"role": m.role, "content": m.content} for m in body.messages]
-            size = sum(len(m["content"]) for m in messages)
-            prompt_tokens = len(await off_loop_if_large(
-                size, lambda: engine.tokenize(engine.render_chat(messages), special=False)))
-        else:
-            prompt_tokens = len(await off_loop_if_large(len(body.prompt), engine.tokenize, body.prompt))
-        prompt_tokens = max(1, prompt_tokens)
-        window = engine.info.context_length
-        room = window - prompt_tokens
-        if body.max_new_tokens is not None:
-            max_tokens, clamped = body.max_new_tokens, False
-            if max_tokens > room:
-                raise InvalidParam(f"prompt tokens ({prompt_tokens}) + max_new_tokens ({max_tokens}) exceed "
-                                   f"the model's context length ({window})", param="max_new_tokens")
-        else:
-            if room < 1:
-                raise InvalidParam(f"the prompt ({prompt_tokens} tokens) fills the model's context length "
-                                   f"({window})", param="prompt")
-            max_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
-            clamped = max_tokens < DEFAULT_MAX_NEW_TOKENS
     except Exception as exc:
         if not isinstance(exc, WharfError):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
         return sensenova_error(exc)
 
-    sampling = body.sampling(max_tokens)
-    gen = (GenerationRequest(model=body.model, messages=messages, sampling=sampling) if chat
-           else GenerationRequest(model=body.model, prompt=body.prompt, sampling=sampling))
+    # max_new_tokens absent: 1024, or what the window leaves (then a cut choice is "context").
+    sampling = body.sampling(body.max_new_tokens)
+    prompt = dict(messages=[{"role": m.role, "content": m.content} for m in body.messages]) if chat \
+        else dict(prompt=body.prompt)
+    gen = GenerationRequest(model=body.model, sampling=sampling, default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
+                            **prompt)
     rid = uuid.uuid4().hex
     try:
         run = await state.pipeline.start(caller, gen)      # records its own refusals
-    except E.ContentBlocked:
-        return _blocked(rid, body, prompt_tokens, chat)
+    except E.ContentBlocked as exc:
+        return _blocked(rid, body, exc.prompt_tokens or 0, chat)
     except WharfError as exc:
+        if exc.param == "max_tokens":      # the engine's window rule, in this API's field name
+            exc.param, exc.message = "max_new_tokens", f"max_new_tokens: {exc.message}"
         return sensenova_error(exc)
 
     def reason(f: FinishReason | None) -> str:
-        if f is FinishReason.LENGTH and clamped:
+        if f is FinishReason.LENGTH and run.prepared.clamped:
             return "context"
         return FINISH[f or FinishReason.STOP]
 

@@ -40,6 +40,20 @@ def fit_window(prompt_tokens: int, max_tokens: int | None, window: int, prompt_p
     return max_tokens
 
 
+def fit_request(request: GenerationRequest, prompt_tokens: int, model_window: int, prompt_param: str, *,
+                exact: bool = True) -> tuple[int, bool]:
+    """(tokens to generate, whether the window cut the API's default) for a request: the
+    one window rule for every engine and dialect (fit_window, in the smaller of the
+    model's and the API's windows, then the API's default cap when none was asked)."""
+    window = min(model_window, request.window or model_window)
+    asked = request.sampling.max_tokens
+    max_tokens = fit_window(prompt_tokens, asked, window, prompt_param, exact=exact)
+    cap = request.default_max_tokens
+    if asked is not None or cap is None:
+        return max_tokens, False
+    return min(max_tokens, cap), max_tokens < cap
+
+
 @functools.cache
 def _longest_token_chars(tokenizer) -> int:
     """How many characters one token of this vocabulary can stand for, at most: its
@@ -66,6 +80,7 @@ class PreparedRequest:
     prompt_ids: list[int]
     prompt_text: str
     max_tokens: int
+    clamped: bool = False      # the API's default max tokens was cut to what the window leaves
 
 
 class Engine:
@@ -105,8 +120,9 @@ class Engine:
         if not ids:  # an empty prompt still needs one position to start from
             start = self.tokenizer.bos_token_id
             ids = [start if start is not None else self.tokenizer.eos_token_id]
-        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, prompt_param)
-        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
+        max_tokens, clamped = fit_request(request, len(ids), self.context_length, prompt_param)
+        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
+                               clamped=clamped)
 
     async def generate(self, prepared: PreparedRequest | GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream chunks of every choice; raises WharfError (Overloaded, Timeout, ...)."""

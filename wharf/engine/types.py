@@ -85,6 +85,11 @@ class GenerationRequest:
     # Who the request is for, opaque to the engine: requests of one tenant share one fair
     # share of the batch and one prefix-cache namespace (vLLM's cache_salt).
     tenant: str = ""
+    # The API's own limits, where it has them: a window for prompt + output tokens below
+    # the model's (WeLM: 2048), and, when max_tokens is None, at most this many tokens
+    # rather than all the window leaves (Qianfan, SenseNova: 1024).
+    window: int | None = None
+    default_max_tokens: int | None = None
 
 
 @dataclass

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from wharf.engine.engine import PreparedRequest, fit_window, tokenize_bounded
+from wharf.engine.engine import PreparedRequest, fit_request, tokenize_bounded
 from wharf.engine.backends.upstream_pool import UpstreamModel, UpstreamPool, model_cards
 from wharf.engine.backends.upstream_pool import auth_headers as _headers
 from wharf.engine.meter import TokenMeter
@@ -189,9 +189,10 @@ class UpstreamEngine:
             text = request.prompt or ""
             ids, param = self.tokenize(text), "prompt"
         ids = ids or [0]
-        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, param,
-                                exact=self.tokenizer is not None)
-        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
+        max_tokens, clamped = fit_request(request, len(ids), self.context_length, param,
+                                          exact=self.tokenizer is not None)
+        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
+                               clamped=clamped)
 
     def body(self, prepared: PreparedRequest) -> tuple[str, dict]:
         """The upstream path and JSON body for a prepared request."""

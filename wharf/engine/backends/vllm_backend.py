@@ -56,7 +56,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from wharf.engine.engine import PreparedRequest, fit_window, tokenize_bounded
+from wharf.engine.engine import PreparedRequest, fit_request, tokenize_bounded
 from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout
@@ -126,8 +126,9 @@ class VllmEngine:
         if not ids:
             start = self.tokenizer.bos_token_id
             ids = [start if start is not None else self.tokenizer.eos_token_id]
-        max_tokens = fit_window(len(ids), request.sampling.max_tokens, self.context_length, param)
-        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens)
+        max_tokens, clamped = fit_request(request, len(ids), self.context_length, param)
+        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
+                               clamped=clamped)
 
     def sampling_params(self, prepared: PreparedRequest):
         """vLLM's SamplingParams; raises InvalidParam for what vLLM rejects."""
