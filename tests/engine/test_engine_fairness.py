@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from wharf.engine.scheduler import water_fill
+from wharf.engine.fair_share import water_fill
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 
 from tests.engine.conftest import make_engine, run_async

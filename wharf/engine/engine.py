@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from wharf.engine.backends.base import ModelRunner
 from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from wharf.engine.sampling import SamplerRow, make_generator
-from wharf.engine.scheduler import Group, Scheduler, Sequence
+from wharf.engine.scheduler import Scheduler
+from wharf.engine.sequence import Group, Sequence
 from wharf.engine.types import Chunk, EngineStats, GenerationRequest, ModelInfo
 from wharf.errors import ContextLengthExceeded, InvalidParam
 

@@ -25,117 +25,24 @@ step feeds the last token and samples the next, batched with everyone else.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from wharf.engine.backends.base import ModelRunner
-from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from wharf.engine.fair_share import fair_shares
+from wharf.engine.output import OutputProcessor
+from wharf.engine.penalties import PenaltyState
 from wharf.engine.prefix_cache import PrefixCache
-from wharf.engine.sampling import SamplerRow, apply_penalties, sample
-from wharf.engine.types import Chunk, EngineStats, FinishReason, SamplingParams, TokenLogprob
+from wharf.engine.sampling import sample
+from wharf.engine.sequence import Group, Sequence
+from wharf.engine.types import EngineStats, FinishReason
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout, WharfError
 
 log = logging.getLogger("wharf.engine")
-_arrivals = itertools.count()
-
-
-@dataclass(eq=False)
-class Sequence:
-    group: "Group"
-    index: int
-    row: SamplerRow
-    detok: IncrementalDetokenizer
-    stops: StopMatcher
-    token_ids: list[int]
-    slot: int = -1
-    kv: int = 0                    # positions of token_ids whose KV the slot holds
-    finish: FinishReason | None = None
-    pending_ids: list[int] = field(default_factory=list)
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-
-    @property
-    def output_len(self) -> int:
-        return len(self.token_ids) - self.group.prompt_len
-
-    @property
-    def decoding(self) -> bool:
-        """Its slot holds the KV of every token but the last, which the next step feeds."""
-        return self.finish is None and self.slot >= 0 and self.kv == len(self.token_ids) - 1
-
-    @property
-    def needs_penalties(self) -> bool:
-        p = self.row.params
-        return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-
-
-@dataclass(eq=False)
-class Group:
-    """One request: n sequences that share the prompt."""
-
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_tokens: int
-    emit: Callable[[object], None]     # thread-safe; receives Chunk, WharfError, or None at the end
-    deadline: float | None = None
-    tenant: str = ""                   # fair share and prefix-cache namespace (opaque here)
-    seqs: list[Sequence] = field(default_factory=list)
-    cancelled: bool = False
-    done: bool = False
-    cached: bool = False               # its prompt's blocks went to the prefix cache
-    prompt_logits: torch.Tensor | None = None   # n > 1: the prompt's last logits, for every choice
-    first_token_at: float | None = None
-    arrival: int = field(default_factory=lambda: next(_arrivals))
-
-    @property
-    def prompt_len(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def live(self) -> list[Sequence]:
-        return [s for s in self.seqs if s.finish is None]
-
-    @property
-    def held(self) -> int:
-        return sum(1 for s in self.seqs if s.slot >= 0)
-
-
-def water_fill(demands: dict, capacity: int) -> dict:
-    """Max-min fair integer split of `capacity` between keys wanting `demands[key]` units:
-    equal slices, nobody given more than it wants, the remainder one each in key order."""
-    alloc = dict.fromkeys(demands, 0)
-    left = capacity
-    wanting = [k for k, d in demands.items() if d > 0]
-    while left > 0 and wanting:
-        each = max(1, left // len(wanting))
-        for k in wanting:
-            give = min(each, demands[k] - alloc[k], left)
-            alloc[k] += give
-            left -= give
-            if not left:
-                break
-        wanting = [k for k in wanting if alloc[k] < demands[k]]
-    return alloc
-
-
-def fair_shares(groups: list[Group], capacity: int) -> dict[Group, int]:
-    """Slots each request may hold: max-min fair between tenants, then between each
-    tenant's requests; `groups` in arrival order, which breaks ties."""
-    by_tenant: dict[str, list[Group]] = {}
-    for g in groups:
-        by_tenant.setdefault(g.tenant, []).append(g)
-    tenant_share = water_fill({t: sum(len(g.live) for g in gs) for t, gs in by_tenant.items()}, capacity)
-    shares: dict[Group, int] = {}
-    for t, gs in by_tenant.items():
-        shares.update(water_fill({g: len(g.live) for g in gs}, tenant_share[t]))
-    return shares
 
 
 def default_decode_threads() -> int:
@@ -170,10 +77,8 @@ class Scheduler:
         self._rate = 0.0
         self._rate_at = time.monotonic()
         self._rate_tokens = 0
-        vocab = runner.vocab_size
-        self.seen = torch.zeros(runner.max_slots, vocab, dtype=torch.bool)
-        self.counts = torch.zeros(runner.max_slots, vocab, dtype=torch.int32)
-        self._token_text: dict[int, str] = {}
+        self.penalties = PenaltyState(runner.max_slots, runner.vocab_size)
+        self.output = OutputProcessor(tokenizer, eos_ids)
         self.thread = threading.Thread(target=self._loop, name="wharf-scheduler", daemon=True)
         self.thread.start()
 
@@ -376,13 +281,7 @@ class Scheduler:
             group.prompt_logits = logits    # for the other choices, which copy the prompt
         self.filling.remove(seq)
         if seq.needs_penalties:             # rebuilt from the tokens: the slot may be a new one
-            self.seen[seq.slot].zero_()
-            self.seen[seq.slot, seq.token_ids] = True
-            self.counts[seq.slot].zero_()
-            out = seq.token_ids[prompt_len:]
-            if out:
-                self.counts[seq.slot] += torch.bincount(torch.tensor(out),
-                                                        minlength=self.counts.shape[1]).to(torch.int32)
+            self.penalties.reset(seq.slot, seq.token_ids, prompt_len)
         self._sample_and_emit([seq], logits.unsqueeze(0))
         return took
 
@@ -399,8 +298,7 @@ class Scheduler:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor):
         if any(s.needs_penalties for s in seqs):
-            slots = torch.tensor([s.slot for s in seqs])
-            logits = apply_penalties(logits, [s.row for s in seqs], self.seen[slots], self.counts[slots])
+            logits = self.penalties.apply(logits, [s.row for s in seqs], [s.slot for s in seqs])
         return sample(logits, [s.row for s in seqs])
 
     def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
@@ -425,9 +323,8 @@ class Scheduler:
                 continue
             try:
                 if seq.needs_penalties:
-                    self.seen[seq.slot, token] = True
-                    self.counts[seq.slot, token] += 1
-                self._advance(seq, token, lp)
+                    self.penalties.record(seq.slot, token)
+                self.output.advance(seq, token, lp)
             except Exception as exc:
                 self._fail_group(seq.group, exc)
                 continue
@@ -438,41 +335,6 @@ class Scheduler:
             if not group.done and all(s.finish is not None for s in group.seqs):
                 self._finish_group(group)
 
-    def _advance(self, seq: Sequence, token: int, lp) -> None:
-        group, params = seq.group, seq.row.params
-        if group.first_token_at is None:
-            group.first_token_at = time.monotonic()
-        seq.token_ids.append(token)
-        seq.pending_ids.append(token)
-        if lp is not None:
-            seq.pending_logprobs.append(TokenLogprob(
-                token=self._text_of(token), token_id=token, logprob=lp[0],
-                top=[(self._text_of(t), t, v) for t, v in lp[1]]))
-        text = ""
-        is_eos = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
-        if is_eos:
-            seq.finish = FinishReason.STOP
-        else:
-            text = seq.stops.feed(seq.detok.push(token))
-            if seq.stops.stopped:
-                seq.finish = FinishReason.STOP
-            elif seq.output_len >= group.max_tokens:
-                seq.finish = FinishReason.LENGTH
-        if seq.finish is FinishReason.LENGTH or (is_eos and not seq.stops.stopped):
-            text += seq.stops.feed(seq.detok.flush())
-            text += seq.stops.flush()
-        if text or seq.finish is not None:
-            group.emit(Chunk(index=seq.index, text=text, token_ids=seq.pending_ids,
-                             logprobs=seq.pending_logprobs if params.logprobs is not None else None,
-                             finish_reason=seq.finish, prompt_tokens=group.prompt_len,
-                             completion_tokens=seq.output_len))
-            seq.pending_ids, seq.pending_logprobs = [], []
-
-    def _text_of(self, token: int) -> str:
-        text = self._token_text.get(token)
-        if text is None:
-            text = self._token_text[token] = self.tokenizer.decode([token])
-        return text
 
     def _count_tokens(self, n: int) -> None:
         self.generated_tokens += n
