@@ -245,7 +245,7 @@ def direct_engine_server(dtype: str, quantize: str) -> None:
     keep_this_thread_single_threaded()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)      # as `wharf serve` runs
     engine = build_engine(default_spec(MODEL), dtype=dtype, quantize=quantize, cache_dir=settings.cache_dir,
-                          max_batch_size=settings.max_batch_size, max_model_len=settings.max_model_len,
+                          max_batch_size=settings.embedded_max_batch, max_model_len=settings.max_model_len,
                           max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
                           prefill_threads=settings.prefill_threads, decode_threads=settings.threads,
                           prefix_cache_mb=settings.prefix_cache_mb)

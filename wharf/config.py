@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+EMBEDDED_MAX_BATCH = 32     # the embedded engine's KV slots when WHARF_MAX_BATCH_SIZE is unset
 
 
 def default_data_dir() -> Path:
@@ -44,7 +45,13 @@ class Settings(BaseSettings):
     prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
 
     # Engine capacity.
-    max_batch_size: int = 32                 # sequences decoded together (KV slots)
+    # Sequences decoded together. None: the backend's own default (EMBEDDED_MAX_BATCH for
+    # the embedded engine; vLLM's own max_num_seqs, e.g. 128 on CPU, for --backend vllm).
+    max_batch_size: int | None = None
+
+    @property
+    def embedded_max_batch(self) -> int:
+        return self.max_batch_size or EMBEDDED_MAX_BATCH
     max_model_len: int = 2048                # tokens per sequence (prompt + output)
     max_queue: int = 256                     # waiting requests before "overloaded"
     prefill_chunk: int = 256                 # prompt tokens per scheduler step

@@ -423,6 +423,9 @@ def test_build_reads_the_window_back_from_vllm(tokenizer, model_folder, monkeypa
     assert "".join(c.text for c in chunks) == "ok" and chunks[-1].finish_reason is FinishReason.STOP
     assert engine.llm.calls[0][1].output_kind is RequestOutputKind.DELTA
     engine.shutdown()
+    # No WHARF_MAX_BATCH_SIZE: vLLM keeps its own max_num_seqs (128 on CPU), not Wharf's 32.
+    build_vllm_engine(spec, max_model_len=2048, max_batch_size=None, dtype="bfloat16").shutdown()
+    assert started[-1].max_num_seqs is None
     assert engine.llm.closed
 
 

@@ -124,7 +124,7 @@ def load_upstream_registry(urls: str | list[str], *, api_key: str | None, models
 
 
 def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_model_len: int,
-                       max_batch_size: int, dtype: str, engine_args: dict | None = None,
+                       max_batch_size: int | None, dtype: str, engine_args: dict | None = None,
                        cache_dir: Path | None = None, log=lambda m: None) -> ModelRegistry:
     """One in-process vLLM engine per model (needs vLLM and a GPU: docs/deploy.md)."""
     from wharf.engine.backends.vllm_backend import build_vllm_engine

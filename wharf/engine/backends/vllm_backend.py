@@ -264,7 +264,7 @@ class VllmEngine:
                 return
 
 
-def build_vllm_engine(spec, *, max_model_len: int, max_batch_size: int, dtype: str,
+def build_vllm_engine(spec, *, max_model_len: int, max_batch_size: int | None, dtype: str,
                       engine_args: dict | None = None, cache_dir=None, log=lambda m: None) -> VllmEngine:
     """Start one vLLM engine for a registered model (a Hugging Face folder or hub id, or a
     .gguf file, which is converted to a safetensors folder once, as for the torch backend)."""
@@ -285,8 +285,10 @@ def build_vllm_engine(spec, *, max_model_len: int, max_batch_size: int, dtype: s
         model = str(folder)
     config = AutoConfig.from_pretrained(model)
     window = min(getattr(config, "max_position_embeddings", None) or max_model_len, max_model_len)
-    kw = {"model": model, "max_model_len": window, "max_num_seqs": max_batch_size,
+    kw = {"model": model, "max_model_len": window,
           "dtype": dtype if dtype in ("bfloat16", "float16", "float32") else "auto"}
+    if max_batch_size:       # else vLLM's own default (128 on CPU), not the embedded engine's 32
+        kw["max_num_seqs"] = max_batch_size
     kw.update(engine_args or {})
     log(f"starting vLLM for {spec.name} ({model})")
     llm = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kw))
@@ -303,5 +305,6 @@ def build_vllm_engine(spec, *, max_model_len: int, max_batch_size: int, dtype: s
                      aliases=list(spec.aliases))
     engine = VllmEngine(llm, tokenizer, info, sampling_cls=vllm.SamplingParams,
                         delta_kind=RequestOutputKind.DELTA)
-    engine.info_max_batch = max_batch_size
+    scheduler_config = getattr(getattr(llm, "vllm_config", None), "scheduler_config", None)
+    engine.info_max_batch = getattr(scheduler_config, "max_num_seqs", None) or kw.get("max_num_seqs") or 0
     return engine
