@@ -90,3 +90,34 @@ def test_n_beyond_the_batch_is_a_400_before_any_frame(full_server):
                                      "max_tokens": 2, "stream": True})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text[:300]
     assert [rec["status"] for rec in usage_records(full_server, acct.account_id)] == ["error:invalid_param"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_leaves_while_queued_is_dropped_from_the_queue(full_server, stream):
+    """Finding 4, while queued: the only slot is busy, a request waits in the queue and its
+    client hangs up. It leaves the queue at once, recorded `cancelled` with nothing
+    generated, rather than being prefilled for nobody when the slot frees."""
+    hog, waiter = provision(full_server, "openai"), provision(full_server, "openai")
+    done = threading.Event()
+
+    def hold():
+        httpx.post(full_server.url + "/v1/completions", headers={"Authorization": f"Bearer {hog.key}"},
+                   json={"model": MODEL, "prompt": "Once", "max_tokens": 300, "ignore_eos": True}, timeout=120)
+        done.set()
+    threading.Thread(target=hold, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while full_server.engine_stats()[MODEL]["running"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(full_server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {waiter.key}"},
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                         "stream": stream}, timeout=0.7)
+    deadline = time.monotonic() + 5
+    while not usage_records(full_server, waiter.account_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    recs = usage_records(full_server, waiter.account_id)
+    assert not done.is_set(), "the hog finished first: the test proves nothing"
+    assert [(r["status"], r["completion_tokens"]) for r in recs] == [("cancelled", 0)], recs
+    assert full_server.engine_stats()[MODEL]["waiting"] == 0
+    done.wait(120)

@@ -166,7 +166,7 @@ async def _admit(request: Request, body_model, build):
         principal = state.platform.authenticator.bearer(bearer_token(request))
     except WharfError as exc:
         return None, openai_error(exc)
-    caller = Caller(principal=principal, dialect="openai")
+    caller = Caller(principal=principal, dialect="openai", connection=request)
     try:
         body = parse_model(body_model, await json_body(request, state.settings.max_body_bytes))
         caller.user = body.user
@@ -178,6 +178,8 @@ async def _admit(request: Request, body_model, build):
         return None, openai_error(exc)
     try:
         return body, await state.pipeline.start(caller, gen)      # records its own refusals
+    except ClientGone:
+        return None, gone_response()
     except WharfError as exc:
         return None, openai_error(exc)
 

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from wharf.api.disconnect import unless_client_leaves
 from wharf.engine.engine import Engine, PreparedRequest
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest
 from wharf.errors import ContentBlocked, Overloaded, QuotaExceeded, RateLimited, WharfError
@@ -52,6 +53,9 @@ class Caller:
     service_id: int | None = None
     service_limits: tuple[int | None, int | None] = (None, None)   # (rpm, tpm)
     user: str | None = None
+    # The HTTP request, when there is one: a client that hangs up while its request waits
+    # in the engine's queue is noticed there, not after its prefill (api/disconnect.py).
+    connection: object | None = None
 
 
 @dataclass
@@ -322,7 +326,8 @@ class Pipeline:
         except WharfError as exc:
             self.reject(caller, request, exc, model=engine.info.name if engine else request.model)
             raise
-        await run.begin()            # records its own refusal
+        begun = run.begin()          # records its own refusal
+        await (unless_client_leaves(caller.connection, begun) if caller.connection is not None else begun)
         return run
 
     def reject(self, caller: Caller, request: GenerationRequest | None, exc: WharfError,

@@ -345,7 +345,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
         principal = _authenticate(request)
     except E.WharfError as exc:
         return qianfan_error(exc, iam=iam)
-    caller = Caller(principal=principal, dialect="qianfan")
+    caller = Caller(principal=principal, dialect="qianfan", connection=request)
     headers = _limit_headers(state, caller)
     try:
         svc = state.platform.services.resolve_service(principal, endpoint, kind)
@@ -375,6 +375,8 @@ async def _serve(request: Request, endpoint: str, kind: str):
 
     try:
         run = await state.pipeline.start(caller, gen)
+    except ClientGone:
+        return gone_response()
     except E.ContentBlocked as exc:
         return qianfan_error(exc, headers=headers, need_clear_history=True,
                       ban_round=_ban_round(state, messages) if messages else -1)

@@ -156,7 +156,7 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         principal = _auth(request)
     except WharfError as exc:
         return sensenova_error(exc)
-    caller = Caller(principal=principal, dialect="sensenova")
+    caller = Caller(principal=principal, dialect="sensenova", connection=request)
     try:
         raw = await json_body(request, state.settings.max_body_bytes)
         body = parse_model(body_model, raw)
@@ -176,6 +176,8 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
     rid = uuid.uuid4().hex
     try:
         run = await state.pipeline.start(caller, gen)      # records its own refusals
+    except ClientGone:
+        return gone_response()
     except E.ContentBlocked as exc:
         return _blocked(rid, body, exc.prompt_tokens or 0, chat)
     except WharfError as exc:

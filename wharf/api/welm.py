@@ -125,7 +125,7 @@ async def completions(request: Request):
         principal = state.platform.authenticator.bearer(bearer_token(request))
     except WharfError as exc:
         return welm_error(exc)
-    caller = Caller(principal=principal, dialect="welm")
+    caller = Caller(principal=principal, dialect="welm", connection=request)
     model = ""
     try:
         raw = await json_body(request, state.settings.max_body_bytes)
@@ -141,6 +141,8 @@ async def completions(request: Request):
     gen = GenerationRequest(model=body.model, prompt=body.prompt, sampling=body.sampling(), window=WINDOW)
     try:
         run = await state.pipeline.start(caller, gen)      # records its own refusals
+    except ClientGone:
+        return gone_response()
     except WharfError as exc:
         return welm_error(exc, body.model)
 
