@@ -33,17 +33,15 @@ log = logging.getLogger("wharf.pipeline")
 LARGE_TEXT_CHARS = 16_384
 
 
-async def off_loop_if_large(size: int, fn, *args, **kw):
-    """fn(*args, **kw), in a worker thread when it works on `size` >= LARGE_TEXT_CHARS."""
-    if size >= LARGE_TEXT_CHARS:
-        return await asyncio.to_thread(fn, *args, **kw)
-    return fn(*args, **kw)
-
-
-def text_size(request: GenerationRequest) -> int:
+async def _prepare(engine: Engine, request: GenerationRequest) -> PreparedRequest:
+    """engine.prepare, in a worker thread when the prompt is LARGE_TEXT_CHARS or more."""
     if request.messages is not None:
-        return sum(len(str(m.get("content", ""))) for m in request.messages)
-    return len(request.prompt or "")
+        size = sum(len(str(m.get("content", ""))) for m in request.messages)
+    else:
+        size = len(request.prompt or "")
+    if size >= LARGE_TEXT_CHARS:
+        return await asyncio.to_thread(engine.prepare, request)
+    return engine.prepare(request)
 
 
 @dataclass
@@ -293,7 +291,7 @@ class Pipeline:
             # load or cached prompts never show in another's service.
             request.tenant = f"account:{caller.principal.account_id}"
             engine = self.registry.resolve(request.model)
-            prepared = await off_loop_if_large(text_size(request), engine.prepare, request)
+            prepared = await _prepare(engine, request)
             try:
                 if request.messages is not None:
                     for m in request.messages:

@@ -4,7 +4,6 @@ finish reason. Runs in the model thread, one call per sampled token."""
 
 from __future__ import annotations
 
-import time
 
 from wharf.engine.sequence import Sequence
 from wharf.engine.types import Chunk, FinishReason, TokenLogprob
@@ -20,8 +19,6 @@ class OutputProcessor:
         """Append the sampled token; emit the text it completes (stop strings held back),
         its logprobs, and the finish when this token ends the choice."""
         group, params = seq.group, seq.row.params
-        if group.first_token_at is None:
-            group.first_token_at = time.monotonic()
         seq.token_ids.append(token)
         seq.pending_ids.append(token)
         if lp is not None:

@@ -61,7 +61,6 @@ class Group:
     done: bool = False
     cached: bool = False               # its prompt's blocks went to the prefix cache
     prompt_logits: torch.Tensor | None = None   # n > 1: the prompt's last logits, for every choice
-    first_token_at: float | None = None
     arrival: int = field(default_factory=lambda: next(_arrivals))
 
     @property
