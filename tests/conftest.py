@@ -89,8 +89,9 @@ class LiveServer:
 def start_server(tmp_root: Path, model_cache: Path, *, extra_env: dict | None = None,
                  args: list[str] | None = None, timeout: float = 240) -> LiveServer:
     port = free_port()
-    data_dir = tmp_root / f"server-{port}"
-    data_dir.mkdir(parents=True)
+    # A port can come back later in the session: the dir must be new whatever the port.
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix=f"server-{port}-", dir=tmp_root))
     env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(model_cache),
            "WHARF_PORT": str(port), "WHARF_HOST": "127.0.0.1",
            # Test servers need no long drain at teardown; tests of SIGTERM set their own.
