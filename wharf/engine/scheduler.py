@@ -2,9 +2,9 @@
 cancellation.
 
 One thread owns the model. Each iteration it drops cancelled or timed-out requests,
-shares the KV slots between the requests that want them, spends a bounded token budget
-filling slots, then runs one decode step for every sequence whose slot is ready.
-Requests join and leave the batch at any step.
+shares the KV slots between the requests that want them, then runs one forward pass
+that decodes every sequence whose slot is ready and fills slots with up to a bounded
+budget of prompt tokens. Requests join and leave the batch at any step.
 
 Sharing is max-min fair, first between tenants (an opaque key the caller sets: Wharf's
 pipeline uses the account), then between a tenant's requests, in arrival order. A
@@ -17,8 +17,8 @@ A sequence is its `token_ids` (prompt + output so far) and, while it holds a slo
 KV of its first `kv` positions. New and preempted sequences enter the same way: their
 slot is filled with the KV of all their tokens, by copying from a sibling choice that
 shares the prompt, from the prefix cache, or by prefill in chunks of the step's budget
-(so a long prompt never stalls running streams for long), and their next token is
-sampled from the last logits. From then on kv == len(token_ids) - 1 and each decode
+(so a long prompt never stalls running streams for long; the chunks ride in the same
+pass as the decodes), and their next token is sampled from the last logits. From then on kv == len(token_ids) - 1 and each decode
 step feeds the last token and samples the next, batched with everyone else.
 """
 
@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from wharf.engine.backends.base import ModelRunner
+from wharf.engine.backends.base import Fill, ModelRunner
 from wharf.engine.fair_share import fair_shares
 from wharf.engine.output import OutputProcessor
 from wharf.engine.penalties import PenaltyState
@@ -130,8 +130,7 @@ class Scheduler:
             try:
                 self._reap()
                 self._share_slots()
-                self._fill_step()
-                self._decode_step()
+                self._step()
             except Exception as exc:  # a bug must not kill the engine for everyone
                 log.exception("engine step failed")
                 self._fail_all(Internal(f"engine failure: {type(exc).__name__}"))
@@ -148,7 +147,7 @@ class Scheduler:
         if seq.slot >= 0:
             self.runner.release(seq.slot)
             self.free_slots.append(seq.slot)
-            seq.slot, seq.kv = -1, 0
+            seq.slot, seq.kv, seq.filled = -1, 0, False
         if seq in self.filling:
             self.filling.remove(seq)
 
@@ -221,34 +220,89 @@ class Scheduler:
         seq.slot, seq.kv = self.free_slots.pop(0), 0
         self.filling.append(seq)
 
-    # -- filling slots ------------------------------------------------------------------------
-    def _fill_step(self) -> None:
-        if not self.filling:
+    # -- one step: decode every ready sequence, fill slots within the budget ------------------
+    def _step(self) -> None:
+        """Decode first: every sequence whose slot is ready feeds its last token. Slots being
+        filled get up to `prefill_chunk` tokens of this step, and both go through the model
+        in one pass (as vLLM's chunked prefill), so a prompt arriving costs the running
+        streams one longer step, not a step of its own per chunk."""
+        decoding = sorted((s for g in self.active for s in g.seqs if s.decoding), key=lambda s: s.slot)
+        filling = self._plan_fills()
+        if not decoding and not filling:
             return
-        torch.set_num_threads(self.prefill_threads)
+        fills = [Fill(seq.slot, seq.token_ids[seq.kv:seq.kv + took], seq.kv,
+                      logits=seq.kv + took == len(seq.token_ids)) for seq, took in filling if took]
+        slots = [s.slot for s in decoding]
+        tokens, positions = [s.token_ids[-1] for s in decoding], [len(s.token_ids) - 1 for s in decoding]
+        torch.set_num_threads(self.prefill_threads if fills else self.decode_threads)
         try:
-            budget = self.prefill_chunk
-            for seq in list(self.filling):
-                if budget <= 0:
-                    break
-                if seq.group.done or seq not in self.filling:
-                    continue
-                try:
-                    budget -= self._fill(seq, budget)
-                except Exception as exc:
-                    self._fail_group(seq.group, exc)
+            decode_logits, fill_logits = self._forward(slots, tokens, positions, filling, fills)
         finally:
             torch.set_num_threads(self.decode_threads)
+        for seq in decoding:
+            seq.kv += 1
+        ready, rows = list(decoding), [decode_logits] if decoding else []
+        results = iter(fill_logits)
+        for seq, took in filling:
+            logits = next(results) if took else None
+            if seq.group.done:            # its fill failed (or a sibling's did)
+                continue
+            try:
+                logits = self._after_fill(seq, took, logits)
+            except Exception as exc:
+                self._fail_group(seq.group, exc)
+                continue
+            if logits is not None:
+                ready.append(seq)
+                rows.append(logits.unsqueeze(0))
+        if ready:
+            self._sample_and_emit(ready, torch.cat(rows))
 
-    def _fill(self, seq: Sequence, budget: int) -> int:
-        """Bring the slot's KV closer to all of the sequence's tokens; once there, sample
-        its next token from the last one's logits (so a first token costs no extra decode
-        step). Returns the tokens prefilled."""
+    def _forward(self, slots, tokens, positions, filling, fills):
+        """runner.step; when it raises, each fill is retried alone so that a request whose
+        tokens break the model fails alone, and the decode rows run once more without them."""
+        try:
+            return self.runner.step(slots, tokens, positions, fills)
+        except Exception:
+            if not fills:
+                raise                     # the decode rows alone: the engine's failure
+        fill_logits, owners = [], [seq for seq, took in filling if took]
+        for seq, fill in zip(owners, fills):
+            try:
+                fill_logits.append(self.runner.step([], [], [], [fill])[1][0])
+            except Exception as exc:
+                self._fail_group(seq.group, exc)
+                fill_logits.append(None)
+        decode_logits = self.runner.step(slots, tokens, positions, [])[0] if slots else None
+        return decode_logits, fill_logits
+
+    def _plan_fills(self) -> list[tuple[Sequence, int]]:
+        """The filling sequences this step works on, and how many tokens each computes
+        (0: its slot was completed by copying, or it waits for a sibling)."""
+        plan, budget = [], self.prefill_chunk
+        for seq in list(self.filling):
+            if budget <= 0:
+                break
+            if seq.group.done or seq not in self.filling:
+                continue
+            try:
+                took = self._reuse_kv(seq, budget)
+            except Exception as exc:
+                self._fail_group(seq.group, exc)
+                continue
+            if took is not None:
+                plan.append((seq, took))
+                budget -= took
+        return plan
+
+    def _reuse_kv(self, seq: Sequence, budget: int) -> int | None:
+        """Bring the slot's KV as far as copying allows (a sibling choice holding the prompt,
+        or the prefix cache); returns the tokens left to compute this step, None to wait."""
         group, target, prompt_len = seq.group, len(seq.token_ids), seq.group.prompt_len
         if seq.kv < prompt_len:
             ahead = self.filling[:self.filling.index(seq)]
             if any(s.group is group and s.kv < prompt_len for s in ahead):
-                return 0          # a sibling ahead is computing the prompt: copy it when done
+                return None       # a sibling ahead is computing the prompt: copy it when done
             # A sibling choice holding the prompt: copy it rather than compute it again (all
             # of it only when the prompt's last logits are kept to sample from).
             donor = max((s for s in group.seqs if s is not seq and s.slot >= 0), key=lambda s: s.kv,
@@ -263,39 +317,32 @@ class Scheduler:
                 blocks = self.prefix_cache.lookup(group.tenant, group.prompt_ids)
                 if blocks:
                     seq.kv = self.runner.import_prefix(seq.slot, blocks)
-        took, logits = 0, None
-        if seq.kv < target:
-            took = min(budget, target - seq.kv)
-            logits = self.runner.prefill(seq.slot, seq.token_ids[seq.kv:seq.kv + took], seq.kv)
-            seq.kv += took
+        return min(budget, target - seq.kv)
+
+    def _after_fill(self, seq: Sequence, took: int, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """Account for the tokens this step computed; once the slot holds them all, the
+        logits to sample the sequence's next token from (a first token costs no extra
+        decode step), else None."""
+        group, prompt_len = seq.group, seq.group.prompt_len
+        seq.kv += took
         if seq.kv >= prompt_len and not group.cached and self.prefix_cache is not None:
             group.cached = True
             slot = seq.slot
             self.prefix_cache.store(group.tenant, group.prompt_ids,
                                     lambda start, end: self.runner.export_prefix(slot, start, end))
-        if seq.kv < target:
-            return took
+        if seq.kv < len(seq.token_ids):
+            return None
         if logits is None:                  # the whole prompt was copied from a sibling
             logits = group.prompt_logits
-        elif target == prompt_len and group.params.n > 1:
+        elif len(seq.token_ids) == prompt_len and group.params.n > 1:
             group.prompt_logits = logits    # for the other choices, which copy the prompt
         self.filling.remove(seq)
+        seq.filled = True
         if seq.needs_penalties:             # rebuilt from the tokens: the slot may be a new one
             self.penalties.reset(seq.slot, seq.token_ids, prompt_len)
-        self._sample_and_emit([seq], logits.unsqueeze(0))
-        return took
+        return logits
 
-    # -- decoding -------------------------------------------------------------------------------
-    def _decode_step(self) -> None:
-        seqs = sorted((s for g in self.active for s in g.seqs if s.decoding), key=lambda s: s.slot)
-        if not seqs:
-            return
-        logits = self.runner.decode([s.slot for s in seqs], [s.token_ids[-1] for s in seqs],
-                                    [len(s.token_ids) - 1 for s in seqs])
-        for s in seqs:
-            s.kv += 1
-        self._sample_and_emit(seqs, logits)
-
+    # -- sampling -------------------------------------------------------------------------------
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor):
         if any(s.needs_penalties for s in seqs):
             logits = self.penalties.apply(logits, [s.row for s in seqs], [s.slot for s in seqs])

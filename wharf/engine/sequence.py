@@ -26,6 +26,7 @@ class Sequence:
     token_ids: list[int]
     slot: int = -1
     kv: int = 0                    # positions of token_ids whose KV the slot holds
+    filled: bool = False           # the slot was filled and its next token sampled from that
     finish: FinishReason | None = None
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -37,7 +38,7 @@ class Sequence:
     @property
     def decoding(self) -> bool:
         """Its slot holds the KV of every token but the last, which the next step feeds."""
-        return self.finish is None and self.slot >= 0 and self.kv == len(self.token_ids) - 1
+        return self.finish is None and self.slot >= 0 and self.filled and self.kv == len(self.token_ids) - 1
 
     @property
     def needs_penalties(self) -> bool:

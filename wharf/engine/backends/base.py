@@ -1,10 +1,22 @@
-"""What the scheduler needs from a model runner: slot-addressed KV cache, prefill, decode."""
+"""What the scheduler needs from a model runner: slot-addressed KV cache and one forward
+step that decodes some slots and fills others."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+
+@dataclass
+class Fill:
+    """Prompt (or recomputed) tokens at positions start.. of `slot`."""
+
+    slot: int
+    token_ids: list[int]
+    start: int
+    logits: bool = True          # the last token's logits are wanted (the fill completes)
 
 
 class ModelRunner(Protocol):
@@ -12,11 +24,11 @@ class ModelRunner(Protocol):
     max_len: int
     vocab_size: int
 
-    def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
-        """Run tokens at positions start.. of `slot`; return float32 logits of the last one [V]."""
-
-    def decode(self, slots: list[int], token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        """One token per slot at its position; return float32 logits [len(slots), V]."""
+    def step(self, slots: list[int], token_ids: list[int], positions: list[int],
+             fills: list[Fill]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """One token per decode slot at its position, and every fill's tokens, in one pass.
+        Returns float32 decode logits [len(slots), V] (None without decode slots) and, per
+        fill, its last token's logits [V] (None where not wanted)."""
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Make dst's first `length` cache positions equal to src's (prefix sharing for n > 1)."""

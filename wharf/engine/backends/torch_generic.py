@@ -12,6 +12,8 @@ import copy
 
 import torch
 
+from wharf.engine.backends.base import Fill
+
 
 class GenericRunner:
     def __init__(self, model, *, max_slots: int, max_len: int):
@@ -29,11 +31,15 @@ class GenericRunner:
         self._caches[slot] = out.past_key_values
         return out.logits[0, -1].float()
 
-    def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
-        return self._forward(slot, token_ids, start)
-
-    def decode(self, slots: list[int], token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        return torch.stack([self._forward(s, [t], p) for s, t, p in zip(slots, token_ids, positions)])
+    def step(self, slots: list[int], token_ids: list[int], positions: list[int],
+             fills: list[Fill]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        fill_logits = []
+        for f in fills:
+            logits = self._forward(f.slot, f.token_ids, f.start)
+            fill_logits.append(logits if f.logits else None)
+        decode = (torch.stack([self._forward(s, [t], p) for s, t, p in zip(slots, token_ids, positions)])
+                  if slots else None)
+        return decode, fill_logits
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         self._caches[dst] = copy.deepcopy(self._caches[src])
