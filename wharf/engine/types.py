@@ -148,3 +148,4 @@ class EngineStats:
     prefix_cache_hits: int = 0       # requests whose prompt began with a cached prefix
     prefix_cache_tokens: int = 0     # prompt tokens not prefilled thanks to it
     upstreams: list[UpstreamStats] | None = None   # upstream backend only: its replicas
+    kv_cache_usage: float | None = None   # vLLM backend only: share of its KV cache in use (0-1)

@@ -18,6 +18,9 @@ Series (all prefixed `wharf_`):
     upstream_up{url}, upstream_in_flight{url}, upstream_requests_total{url},
     upstream_failures_total{url}         (replicas behind the upstream backend; read at
                                          scrape time from bind_upstream_stats)
+    kv_cache_usage{model}                (share of the engine's KV cache in use, 0-1, for the
+                                         engines that report one: the vLLM backend; read at
+                                         scrape time from bind_kv_cache_usage)
 """
 
 from __future__ import annotations
@@ -97,6 +100,31 @@ class _ReplicaCollector:
             sent.add_metric([r.url], r.requests)
             failed.add_metric([r.url], r.failures)
         return [up, busy, sent, failed]
+
+
+class _KvCacheCollector:
+    """kv_cache_usage{model}, read from the engines at every scrape."""
+
+    def __init__(self, namespace: str, rows: Callable[[], Iterable[tuple[str, float]]]):
+        self.ns, self.rows = namespace, rows
+
+    def describe(self):
+        return list(self._families([]))
+
+    def collect(self):
+        try:
+            rows = list(self.rows())
+        except Exception:              # a scrape must never fail because an engine did
+            log.debug("kv cache stats callback failed", exc_info=True)
+            rows = []
+        return self._families(rows)
+
+    def _families(self, rows):
+        usage = GaugeMetricFamily(f"{self.ns}_kv_cache_usage", "Share of the engine's KV cache in use "
+                                  "(0-1; the vLLM backend's own figure).", labels=["model"])
+        for model, value in rows:
+            usage.add_metric([model], value)
+        return [usage]
 
 
 class Metrics:
@@ -185,6 +213,10 @@ class Metrics:
             self.queue_depth.set_function(_safe(queue_depth))
         if running_batch is not None:
             self.running_batch.set_function(_safe(running_batch))
+
+    def bind_kv_cache_usage(self, rows: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        """Export kv_cache_usage{model} from (model, usage) pairs read at scrape time."""
+        self.registry.register(_KvCacheCollector(self.namespace, rows))
 
     def bind_upstream_stats(self, rows: Callable[[], Iterable[ReplicaRow]]) -> None:
         """Export the upstream backend's replicas (read from `rows` at scrape time)."""
