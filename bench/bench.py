@@ -282,7 +282,7 @@ def direct_engine_server(dtype: str, quantize: str) -> None:
                           max_batch_size=settings.embedded_max_batch, max_model_len=settings.max_model_len,
                           max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk,
                           prefill_threads=settings.prefill_threads, decode_threads=settings.threads,
-                          prefix_cache_mb=settings.prefix_cache_mb)
+                          prefix_cache_mb=settings.prefix_cache_mb, kv_cache_mb=settings.kv_cache_mb)
 
     async def one_round() -> list[float]:
         out = []
