@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED_MAX_BATCH = 128    # the embedded engine's KV slots when WHARF_MAX_BATCH_SIZE is unset (vLLM's CPU default)
-KV_CACHE_MB = 4096          # what the embedded engine's KV cache may grow to (vLLM's CPU default: 4 GiB)
+KV_CACHE_MB = 6144          # what the embedded engine's KV cache may grow to: 128 sequences of 2048 tokens of SmolLM2 in bf16
 
 
 def default_data_dir() -> Path:
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     prefill_chunk: int = 256                 # prompt tokens per scheduler step
     prefix_cache_mb: int = 256               # KV of repeated prompt prefixes (0: off)
     # What the embedded engine's KV cache may grow to: it bounds the batch to the sequences
-    # of max_model_len tokens that fit (4096 MiB: 91 of 2048 tokens for SmolLM2 in bf16).
+    # of max_model_len tokens that fit (6144 MiB: 136 of 2048 tokens for SmolLM2 in bf16, 68 in float32).
     kv_cache_mb: int = Field(KV_CACHE_MB, ge=1)
 
     lexicon_path: Path | None = None         # sensitive words, one per line (default: data_dir/lexicon.txt)
