@@ -52,12 +52,14 @@ The API as used was read in vLLM 0.33.0's source (the PyPI wheel) and run in vll
   -> an object with record(scheduler_stats, iteration_stats, ...), log(),
   log_engine_initialized(); SchedulerStats has num_running_reqs, num_waiting_reqs,
   kv_cache_usage (0-1) and prefix_cache_stats.hits (vllm/v1/metrics/{loggers,stats}.py).
-  The engine core sends them with its outputs only, so after an abort while idle the last
-  ones are stale: the frontend's count of unfinished requests
-  (`output_processor.get_num_unfinished_requests()`) says when nothing is left.
+  The engine core sends them with its step outputs only (in 0.32 a hang-up's abort was
+  followed by fresh ones at once; nothing promises it), so where the frontend holds no
+  unfinished request (`output_processor.get_num_unfinished_requests()`) nothing is
+  reported as running. vLLM's PrometheusStatLogger also writes them to prometheus_client's
+  global registry (vllm:num_requests_running, ...), which /metrics passes on raw.
 Unverified: everything that needs a GPU (start-up, a real stream, memory, tensor
-parallelism), and every vLLM version but 0.32.0 (run) and 0.33.0 (read). Older ones are kept working only where
-it costs a line (top_k -1, ValueError as a validation error, `shutdown_background_loop`);
+parallelism), and every vLLM version but 0.32.0 (run) and 0.33.0 (read). Older ones are
+kept working only where it costs a line (top_k -1, ValueError as a validation error, `shutdown_background_loop`);
 the module needs at least `RequestOutputKind.DELTA` and `AsyncLLMEngine.from_engine_args`.
 
 What the gateway needs, and where it comes from:
