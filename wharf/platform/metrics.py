@@ -69,11 +69,14 @@ class ReplicaRow(Protocol):
     failures: int
 
 
-class _ReplicaCollector:
-    """The upstream replicas' series, built from their live counts at every scrape (a
-    custom collector: the counts live in the engine's pool, not in this registry)."""
+class _ScrapeTimeCollector:
+    """Series built from live figures at every scrape (a custom collector: the figures
+    live in the engines, not in this registry). A scrape never fails because the
+    callback did: it then reports no rows."""
 
-    def __init__(self, namespace: str, rows: Callable[[], Iterable[ReplicaRow]]):
+    what = "stats"
+
+    def __init__(self, namespace: str, rows: Callable[[], Iterable]):
         self.ns, self.rows = namespace, rows
 
     def describe(self):
@@ -82,10 +85,19 @@ class _ReplicaCollector:
     def collect(self):
         try:
             rows = list(self.rows())
-        except Exception:              # a scrape must never fail because the pool did
-            log.debug("upstream stats callback failed", exc_info=True)
+        except Exception:
+            log.debug("%s callback failed", self.what, exc_info=True)
             rows = []
         return self._families(rows)
+
+    def _families(self, rows) -> list:
+        raise NotImplementedError
+
+
+class _ReplicaCollector(_ScrapeTimeCollector):
+    """The upstream replicas' series, from the pool's live counts."""
+
+    what = "upstream stats"
 
     def _families(self, rows):
         ns = self.ns
@@ -105,22 +117,10 @@ class _ReplicaCollector:
         return [up, busy, sent, failed]
 
 
-class _KvCacheCollector:
-    """kv_cache_usage{model}, read from the engines at every scrape."""
+class _KvCacheCollector(_ScrapeTimeCollector):
+    """kv_cache_usage{model}, read from the engines."""
 
-    def __init__(self, namespace: str, rows: Callable[[], Iterable[tuple[str, float]]]):
-        self.ns, self.rows = namespace, rows
-
-    def describe(self):
-        return list(self._families([]))
-
-    def collect(self):
-        try:
-            rows = list(self.rows())
-        except Exception:              # a scrape must never fail because an engine did
-            log.debug("kv cache stats callback failed", exc_info=True)
-            rows = []
-        return self._families(rows)
+    what = "kv cache stats"
 
     def _families(self, rows):
         usage = GaugeMetricFamily(f"{self.ns}_kv_cache_usage", "Share of the engine's KV cache in use "
