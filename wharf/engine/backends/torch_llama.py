@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from wharf.engine.backends.base import Fill
-from wharf.engine.backends.int8 import check, make_linear, smoothing
+from wharf.engine.backends.int8 import smoothing
+from wharf.engine.backends.linear import check, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -41,7 +42,8 @@ class LlamaRunner:
     def __init__(self, model, *, max_slots: int, max_len: int, quantize: str = "none",
                  act_ranges: dict[str, torch.Tensor] | None = None):
         """quantize="int8" multiplies with int8 weights (int8.py), smoothed with
-        `act_ranges` (int8.activation_ranges of this model)."""
+        `act_ranges` (int8.activation_ranges of this model); "int4" with the 4-bit
+        groups of int4.py (a model loaded in float32), computing in bf16 where it can."""
         cfg = model.config
         self.quantize = quantize
         self.max_slots, self.max_len = max_slots, max_len
@@ -52,11 +54,11 @@ class LlamaRunner:
         self.group = self.n_heads // self.n_kv
         self.eps = cfg.rms_norm_eps
         self.scale = self.head_dim ** -0.5
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = dtype = compute_dtype(quantize, next(model.parameters()).dtype)
         self.inter = cfg.intermediate_size
 
         inner = model.model
-        self.embed = inner.embed_tokens.weight.detach()
+        self.embed = inner.embed_tokens.weight.detach().to(dtype)
         # With int8, `smooth(act, weight)` returns SmoothQuant factors s for a matmul's
         # input (see int8.py); without, ones, so the float path is untouched.
         int8 = check(quantize) == "int8"
@@ -66,10 +68,12 @@ class LlamaRunner:
         def smooth(name: str, weight: torch.Tensor) -> torch.Tensor:
             return smoothing(act_ranges[name], weight) if int8 else torch.ones(weight.shape[1], dtype=weight.dtype)
 
-        self.lm_head = model.lm_head.weight.detach()
-        s = smooth("lm_head", self.lm_head)
-        self.norm = inner.norm.weight.detach() / s
-        self.vocab_proj = make_linear(self.lm_head * s, quantize=quantize) if int8 else None
+        lm_head = model.lm_head.weight.detach()
+        s = smooth("lm_head", lm_head)
+        self.norm = (inner.norm.weight.detach() / s).to(dtype)
+        # int4 keeps the vocabulary projection dense: the GGUF stores it in 8 bits (Q8_0), not 4.
+        self.vocab_proj = make_linear(lm_head * s if int8 else lm_head, quantize="none" if quantize == "int4"
+                                      else quantize, dtype=dtype)
         self.layers = []
         for i, block in enumerate(inner.layers):
             attn, mlp, prefix = block.self_attn, block.mlp, f"model.layers.{i}."
@@ -78,19 +82,19 @@ class LlamaRunner:
             biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
             bqkv = torch.cat(biases).detach() if all(b is not None for b in biases) else None
             s = smooth(prefix + "self_attn.q_proj", wqkv)
-            layer.ln1 = block.input_layernorm.weight.detach() / s
-            layer.qkv = make_linear((wqkv * s).contiguous(), bqkv, quantize)
-            layer.wo = make_linear(attn.o_proj.weight.detach(), quantize=quantize)
+            layer.ln1 = (block.input_layernorm.weight.detach() / s).to(dtype)
+            layer.qkv = make_linear((wqkv * s).contiguous(), bqkv, quantize, dtype)
+            layer.wo = make_linear(attn.o_proj.weight.detach(), quantize=quantize, dtype=dtype)
             w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
             s = smooth(prefix + "mlp.gate_proj", w_gate_up)
-            layer.ln2 = block.post_attention_layernorm.weight.detach() / s
+            layer.ln2 = (block.post_attention_layernorm.weight.detach() / s).to(dtype)
             w_gate_up = w_gate_up * s
             # down's input is silu(gate) * up: its factors are folded into up's rows.
             w_down = mlp.down_proj.weight.detach()
             s = smooth(prefix + "mlp.down_proj", w_down)
             w_gate_up[self.inter:] /= s[:, None]
-            layer.gate_up = make_linear(w_gate_up.contiguous(), quantize=quantize)
-            layer.down = make_linear((w_down * s).contiguous(), quantize=quantize)
+            layer.gate_up = make_linear(w_gate_up.contiguous(), quantize=quantize, dtype=dtype)
+            layer.down = make_linear((w_down * s).contiguous(), quantize=quantize, dtype=dtype)
             self.layers.append(layer)
 
         # Rotary tables for every position, computed as HF does (float32, then scaled).
@@ -143,15 +147,7 @@ class LlamaRunner:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] float32 logits."""
-        h = self._rms(x, self.norm)
-        if self.vocab_proj is not None:
-            return self.vocab_proj(h).float()
-        if h.shape[0] > 1:
-            # The vocabulary projection is the largest matmul of a decode step; for a few
-            # rows MKL runs W @ h.T about twice as fast as h @ W.T on this CPU
-            # (49152x576, batch 8: 13 vs 26 ms).
-            return torch.mm(self.lm_head, h.t()).t().float()
-        return F.linear(h, self.lm_head).float()
+        return self.vocab_proj(self._rms(x, self.norm)).float()
 
     # -- runner interface ---------------------------------------------------------------
     @torch.inference_mode()
