@@ -213,7 +213,7 @@ def test_int8_server_streams_chinese_through_the_sdk(server_factory):
 
 
 def test_unknown_quantization_is_refused_at_start(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "wharf", "serve", "--quantize", "int4"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "wharf", "serve", "--quantize", "int3"], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "WHARF_DATA_DIR": str(tmp_path)})
     assert proc.returncode != 0
-    assert "--quantize" in proc.stdout + proc.stderr and "int4" in proc.stdout + proc.stderr
+    assert "--quantize" in proc.stdout + proc.stderr and "int3" in proc.stdout + proc.stderr

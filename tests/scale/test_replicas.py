@@ -56,10 +56,10 @@ def test_qianfan_token_from_a_works_on_b(replicas):
     account_id = acct.json()["id"]
     app = httpx.post(a.url + "/admin/api/credentials", headers=h,       # secret encrypted with the shared key
                      json={"account_id": account_id, "kind": "qianfan_app", "label": "app"}).json()
-    endpoint = f"rep{uuid.uuid4().hex[:8]}"
     svc = httpx.post(a.url + "/admin/api/services", headers=h,
-                     json={"account_id": account_id, "endpoint": endpoint, "model": MODEL, "kind": "chat"})
+                     json={"account_id": account_id, "endpoint": "rep", "model": MODEL, "kind": "chat"})
     assert svc.status_code == 201, svc.text
+    endpoint = svc.json()["endpoint"]
     for issuer, user in ((a, b), (b, a)):
         tok = httpx.post(issuer.url + "/oauth/2.0/token", params={
             "grant_type": "client_credentials", "client_id": app["public_id"], "client_secret": app["secret"]})

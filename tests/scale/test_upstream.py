@@ -118,6 +118,33 @@ def test_n_stop_and_seed_pass_through(gateway, gw_account, upstream, up_key):
     assert v["usage"] == d["usage"]
 
 
+def test_structured_output_and_tool_calls_through_the_gateway(gateway, gw_account):
+    """response_format and tools through the real openai SDK to the gateway, which asks the
+    upstream for JSON under the schema: what comes back parses and validates; a bad schema
+    is the same 400 as on the embedded engine."""
+    import jsonschema
+    import openai
+
+    from tests.api.test_openai_structured import SCHEMAS, TOOLS, City
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gw_account[1], max_retries=0, timeout=120)
+    for prompt in ("请介绍一下北京。", "Describe the largest city in Japan."):
+        choice = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                               response_format=City, max_tokens=120, temperature=0).choices[0]
+        assert isinstance(choice.message.parsed, City)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert bad.value.body["param"] == "response_format"
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Paris?"}], tools=TOOLS,
+        tool_choice="required", parallel_tool_calls=False, max_tokens=80, temperature=0).choices[0]
+    assert answer.finish_reason == "tool_calls"
+    (call,) = answer.message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
 def test_logprobs_pass_through(gateway, gw_account):
     r = _post(gateway, gw_account[1], "/v1/completions",
               {"model": MODEL, "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 2})
@@ -145,8 +172,7 @@ def test_welm_through_gateway(gateway, gw_account):
 def test_qianfan_through_gateway(gateway, gw_account):
     p = gateway.platform
     app = p.credentials.create(gw_account[0].id, "qianfan_app", label="app")
-    endpoint = f"gwchat{uuid.uuid4().hex[:8]}"
-    p.services.create(gw_account[0].id, endpoint, MODEL, "chat", "through the gateway")
+    endpoint = p.services.create(gw_account[0].id, "gwchat", MODEL, "chat", "through the gateway").endpoint
     tok = httpx.post(gateway.url + "/oauth/2.0/token", params={
         "grant_type": "client_credentials", "client_id": app.public_id, "client_secret": app.secret}).json()
     r = httpx.post(f"{gateway.url}{QF}/chat/{endpoint}", params={"access_token": tok["access_token"]},
@@ -247,8 +273,7 @@ def gw2_creds(gw2):
     p = gw2.platform
     app = p.credentials.create(acct.id, "qianfan_app", label="app")
     sn = p.credentials.create(acct.id, "sensenova", label="sn")
-    endpoint = f"slow{uuid.uuid4().hex[:8]}"
-    p.services.create(acct.id, endpoint, "slow-model", "completions", "fake upstream")
+    endpoint = p.services.create(acct.id, "slow", "slow-model", "completions", "fake upstream").endpoint
     return {"acct": acct, "key": key, "app": app, "sn": sn, "endpoint": endpoint}
 
 

@@ -72,8 +72,7 @@ def client(gateway):
     """A gateway account with an API key, a Qianfan app and a chat service."""
     acct, key = gateway.account(f"llamacpp-{uuid.uuid4().hex[:6]}")
     app = gateway.platform.credentials.create(acct.id, "qianfan_app", label="app")
-    endpoint = f"lcpp{uuid.uuid4().hex[:8]}"
-    gateway.platform.services.create(acct.id, endpoint, MODEL, "chat", "llama.cpp behind the gateway")
+    endpoint = gateway.platform.services.create(acct.id, "lcpp", MODEL, "chat", "llama.cpp behind the gateway").endpoint
     return SimpleNamespace(acct=acct, key=key, app=app, endpoint=endpoint)
 
 

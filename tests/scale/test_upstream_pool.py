@@ -180,8 +180,7 @@ def _client(gw) -> dict:
     acct, key = gw.account(f"client-{uuid.uuid4().hex[:6]}")
     p = gw.platform
     app = p.credentials.create(acct.id, "qianfan_app", label="app")
-    endpoint = f"pool{uuid.uuid4().hex[:8]}"
-    p.services.create(acct.id, endpoint, MODEL, "chat", "through the pool")
+    endpoint = p.services.create(acct.id, "pool", MODEL, "chat", "through the pool").endpoint
     tok = httpx.post(gw.url + "/oauth/2.0/token", params={
         "grant_type": "client_credentials", "client_id": app.public_id, "client_secret": app.secret}).json()
     return {"acct": acct, "key": key, "endpoint": endpoint, "token": tok["access_token"]}
@@ -413,7 +412,7 @@ def test_gateway_starts_with_one_upstream_down(late_gateway, cluster):
 
 
 def test_restarted_upstream_gets_traffic_again(gateway, late_gateway, cluster, client):
-    a, b = cluster["a"], cluster["b"]
+    b = cluster["b"]
     restart_server(b)                             # same port, data dir and store
     started = time.monotonic()
     # The probes bring it back without a user request failing on it first.

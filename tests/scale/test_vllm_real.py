@@ -248,6 +248,45 @@ def test_seed_repeats_a_sampled_answer(vsrv, vid):
     assert len(others | {a}) >= 2          # other seeds, other samples
 
 
+def test_structured_output_and_tool_calls_over_vllm(vsrv, vid):
+    """response_format and tools through the real openai SDK go to vLLM's own structured
+    outputs: what comes back parses and validates, streamed or not; a bad schema is the
+    embedded engine's 400 naming response_format."""
+    import jsonschema
+    import openai as openai_sdk
+
+    from tests.api.test_openai_structured import SCHEMAS, TOOLS, WEATHER, City
+
+    client = openai_sdk.OpenAI(base_url=vsrv.url + "/v1", api_key=vid.api_key, max_retries=0, timeout=120)
+    for prompt, temperature in (("法国最大的城市是哪个？", 0), ("Describe the largest city in Japan.", 1.0)):
+        parsed = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                               response_format=City, max_tokens=120, temperature=temperature,
+                                               seed=7).choices[0]
+        assert parsed.finish_reason == "stop" and isinstance(parsed.message.parsed, City)
+    schema = City.model_json_schema()
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A city, as JSON"}],
+                                            response_format=fmt, max_tokens=60, temperature=0, stream=True)
+    jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in stream if c.choices)), schema)
+    with pytest.raises(openai_sdk.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert bad.value.body["param"] == "response_format"
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        answer = client.chat.completions.create(model=MODEL, messages=ask, tools=TOOLS, tool_choice=choice,
+                                                parallel_tool_calls=False, max_tokens=80, temperature=0).choices[0]
+        assert answer.finish_reason == "tool_calls"
+        (call,) = answer.message.tool_calls
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    named = answer.message.tool_calls[0].function
+    assert named.name == WEATHER["function"]["name"]
+    none = client.chat.completions.create(model=MODEL, messages=ask, tools=TOOLS, tool_choice="none",
+                                          max_tokens=12, temperature=0).choices[0]
+    assert not none.message.tool_calls and none.finish_reason in ("stop", "length")
+
+
 def test_logprobs(vsrv, vid):
     body = openai(vsrv, vid, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0,
                                                  "logprobs": 2}).json()

@@ -13,7 +13,9 @@ from starlette.responses import JSONResponse
 from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import openai_error, unexpected
+from wharf.api.openai_tools import ToolStream, ToolUse, message_calls, response_format
 from wharf.api.pipeline import Caller, Run
+from wharf.api.request_ids import name_request
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import InvalidParam, WharfError
@@ -41,6 +43,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: dict | None = None
     user: str | None = None
+    response_format: dict | None = None                             # json_object / json_schema
 
     @field_validator("stop")
     @classmethod
@@ -86,6 +89,8 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] | None = None
+    tool_calls: list[dict] | None = None        # an assistant's earlier calls
+    tool_call_id: str | None = None             # a tool's result: the call it answers
 
     @field_validator("content")
     @classmethod
@@ -102,12 +107,39 @@ class Message(BaseModel):
             return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
         return self.content or ""
 
+    def for_engine(self) -> dict:
+        m = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            m["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            m["tool_call_id"] = self.tool_call_id
+        return m
+
+
+class Function(BaseModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: Function
+
 
 class ChatBody(_Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+
+    def tool_use(self) -> ToolUse | None:
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
+        return ToolUse.parse(tools, self.tool_choice, self.parallel_tool_calls)
 
 
 FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
@@ -159,14 +191,15 @@ async def _collect(run: Run, n: int) -> dict[int, tuple[list[Chunk], str, Finish
             for i, chunks in per_choice.items()}
 
 
-async def _admit(request: Request, body_model, build):
+async def _admit(request: Request, body_model, build, id_prefix: str):
     """Authenticate, parse, and start a run; returns (body, run) or an error response."""
     state = request.app.state
     try:
         principal = state.platform.authenticator.bearer(bearer_token(request))
     except WharfError as exc:
         return None, openai_error(exc)
-    caller = Caller(principal=principal, dialect="openai", connection=request)
+    caller = Caller(principal=principal, dialect="openai", connection=request,
+                    request_id=name_request(request, id_prefix + uuid.uuid4().hex))
     try:
         body = parse_model(body_model, await json_body(request, state.settings.max_body_bytes))
         caller.user = body.user
@@ -191,12 +224,13 @@ async def completions(request: Request):
             raise InvalidParam("suffix is not supported", param="suffix")
         return GenerationRequest(model=body.model, prompt=body.prompt,
                                  sampling=body.sampling(body.max_tokens if body.max_tokens is not None else 16,
-                                                        body.logprobs))
+                                                        body.logprobs),
+                                 structured=response_format(body.response_format))
 
-    body, run = await _admit(request, CompletionBody, build)
+    body, run = await _admit(request, CompletionBody, build, "cmpl-")
     if body is None:
         return run
-    rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
+    rid, created = run.request.request_id, int(time.time())
     echo = body.prompt if body.echo else ""
 
     if body.stream:
@@ -239,15 +273,18 @@ async def chat_completions(request: Request):
             raise InvalidParam("top_logprobs requires logprobs to be true", param="top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         max_tokens = body.max_completion_tokens or body.max_tokens
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
-        return GenerationRequest(model=body.model, messages=messages,
-                                 sampling=body.sampling(max_tokens, logprobs))
+        use = body.tool_use()
+        # A forced call constrains the output to the tools; else response_format may.
+        structured = (use.constraint() if use else None) or response_format(body.response_format)
+        return GenerationRequest(model=body.model, messages=[m.for_engine() for m in body.messages],
+                                 sampling=body.sampling(max_tokens, logprobs), structured=structured,
+                                 tools=use.shown if use else None)
 
-    body, run = await _admit(request, ChatBody, build)
+    body, run = await _admit(request, ChatBody, build, "chatcmpl-")
     if body is None:
         return run
-    rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+    use = body.tool_use()
+    rid, created = run.request.request_id, int(time.time())
 
     if body.stream:
         async def stream():
@@ -257,11 +294,23 @@ async def chat_completions(request: Request):
             for i in range(body.n):
                 yield frame([{"index": i, "delta": {"role": "assistant", "content": ""},
                               "logprobs": None, "finish_reason": None}])
+            tool_streams = {i: ToolStream(use) for i in range(body.n)} if use else None
             async for c in run.chunks():
-                delta = {"content": c.text} if c.text else {}
-                yield frame([{"index": c.index, "delta": delta,
-                              "logprobs": _chat_logprobs([c]) if body.logprobs else None,
-                              "finish_reason": FINISH[c.finish_reason] if c.finish_reason else None}])
+                finish = FINISH[c.finish_reason] if c.finish_reason else None
+                if tool_streams is None:
+                    deltas = [{"content": c.text} if c.text else {}]
+                else:
+                    deltas = tool_streams[c.index].feed(c.text)
+                    if c.finish_reason:
+                        last, called = tool_streams[c.index].finish(c.finish_reason)
+                        deltas += last
+                        finish = "tool_calls" if called else finish
+                    if not deltas and (finish or body.logprobs):
+                        deltas = [{}]
+                for j, delta in enumerate(deltas):
+                    yield frame([{"index": c.index, "delta": delta,
+                                  "logprobs": _chat_logprobs([c]) if body.logprobs and j == 0 else None,
+                                  "finish_reason": finish if j == len(deltas) - 1 else None}])
             if body.include_usage:
                 yield frame([], usage=_usage(run))
         return sse_response(_framed(stream()))
@@ -274,10 +323,13 @@ async def chat_completions(request: Request):
         return openai_error(exc)
     choices = []
     for i, (chunks, text, finish) in per_choice.items():
-        choices.append({"index": i, "message": {"role": "assistant", "content": text,
-                                                "refusal": None},
+        content, calls = use.answer(text, finish) if use else (text, [])
+        message = {"role": "assistant", "content": content, "refusal": None}
+        if calls:
+            message["tool_calls"] = message_calls(calls)
+        choices.append({"index": i, "message": message,
                         "logprobs": _chat_logprobs(chunks) if body.logprobs else None,
-                        "finish_reason": FINISH[finish]})
+                        "finish_reason": "tool_calls" if calls else FINISH[finish]})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": run.model,
                          "system_fingerprint": None, "choices": choices, "usage": _usage(run)})
 
@@ -297,3 +349,51 @@ async def list_models(request: Request):
         for alias in info.aliases:
             data.append({**card, "id": alias, "parent": info.name})
     return {"object": "list", "data": data}
+
+
+class TokenizeBody(BaseModel):
+    """vLLM's /tokenize: a raw prompt, or a chat rendered by the model's template."""
+    model: str
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    tools: list[Tool] | None = None
+    add_special_tokens: bool | None = None
+    return_token_strs: bool = False
+
+
+class DetokenizeBody(BaseModel):
+    model: str
+    tokens: list[int]
+
+
+async def _authed_body(request: Request, body_model):
+    state = request.app.state
+    state.platform.authenticator.bearer(bearer_token(request))
+    return parse_model(body_model, await json_body(request, state.settings.max_body_bytes))
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    try:
+        body = await _authed_body(request, TokenizeBody)
+        if (body.prompt is None) == (body.messages is None):
+            raise InvalidParam("give exactly one of prompt or messages", param="prompt")
+        messages = [m.for_engine() for m in body.messages] if body.messages is not None else None
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        ids, engine = request.app.state.pipeline.tokenize(body.model, prompt=body.prompt, messages=messages,
+                                                          tools=tools, special=body.add_special_tokens)
+    except WharfError as exc:
+        return openai_error(exc)
+    out = {"count": len(ids), "max_model_len": engine.context_length, "tokens": ids}
+    if body.return_token_strs:
+        out["token_strs"] = engine.tokenizer.convert_ids_to_tokens(ids)
+    return out
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    try:
+        body = await _authed_body(request, DetokenizeBody)
+        return {"prompt": request.app.state.pipeline.detokenize(body.model, body.tokens)}
+    except WharfError as exc:
+        return openai_error(exc)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from wharf.api.disconnect import unless_client_leaves
 from wharf.engine.engine import Engine, PreparedRequest
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest
-from wharf.errors import ContentBlocked, Overloaded, QuotaExceeded, RateLimited, WharfError
+from wharf.errors import ContentBlocked, InvalidParam, Overloaded, QuotaExceeded, RateLimited, WharfError
+from wharf.platform import key_scope
 from wharf.platform.auth import Principal
 from wharf.platform.limits import Limits
 from wharf.platform.tenancy import LimitValues, rate_limits
@@ -34,7 +35,10 @@ LARGE_TEXT_CHARS = 16_384
 
 
 async def _prepare(engine: Engine, request: GenerationRequest) -> PreparedRequest:
-    """engine.prepare, in a worker thread when the prompt is LARGE_TEXT_CHARS or more."""
+    """engine.prepare, in a worker thread when the prompt is LARGE_TEXT_CHARS or more, or
+    when a grammar may have to be compiled."""
+    if request.structured is not None:
+        return await asyncio.to_thread(engine.prepare, request)
     if request.messages is not None:
         size = sum(len(str(m.get("content", ""))) for m in request.messages)
     else:
@@ -54,6 +58,8 @@ class Caller:
     # The HTTP request, when there is one: a client that hangs up while its request waits
     # in the engine's queue is noticed there, not after its prefill (api/disconnect.py).
     connection: object | None = None
+    # The id the dialect gave this request (api/request_ids.py): the usage record's key.
+    request_id: str | None = None
 
 
 @dataclass
@@ -280,9 +286,30 @@ class Pipeline:
     def engine_for(self, model: str) -> Engine:
         return self.registry.resolve(model)
 
+    def tokenize(self, model: str, *, prompt: str | None = None, messages: list[dict] | None = None,
+                 tools: list[dict] | None = None, special: bool | None = None) -> tuple[list[int], Engine]:
+        """A prompt's or a chat's token ids as the model sees them (the chat rendered by its
+        template, with the generation prompt); `special`: add BOS/EOS (default: only to a
+        raw prompt, as generation does)."""
+        engine = self.registry.resolve(model)
+        if messages is not None:
+            text = engine.render_chat(messages, tools)
+            return engine.tokenize(text, special=bool(special)), engine
+        return engine.tokenize(prompt or "", special=special is not False), engine
+
+    def detokenize(self, model: str, tokens: list[int]) -> str:
+        tokenizer = self.registry.resolve(model).tokenizer
+        if tokenizer is None:
+            raise InvalidParam("this model has no local tokenizer (an upstream engine without one)", param="model")
+        if any(not 0 <= t < len(tokenizer) for t in tokens):
+            raise InvalidParam(f"tokens must be ids in [0, {len(tokenizer)})", param="tokens")
+        return tokenizer.decode(tokens)
+
     async def start(self, caller: Caller, request: GenerationRequest) -> Run:
         """Admit a request or raise the WharfError that says why not (and record it)."""
         engine = None
+        if caller.request_id:
+            request.request_id = caller.request_id
         if request.deadline is None and self.timeout_s:
             request.deadline = time.monotonic() + self.timeout_s
         try:
@@ -291,6 +318,7 @@ class Pipeline:
             # load or cached prompts never show in another's service.
             request.tenant = f"account:{caller.principal.account_id}"
             engine = self.registry.resolve(request.model)
+            key_scope.check(caller.principal, (request.model, engine.info.name), caller.service_id)
             prepared = await _prepare(engine, request)
             try:
                 if request.messages is not None:
@@ -346,7 +374,7 @@ class Pipeline:
         """Write the usage record (with `settle_quota`, in the same transaction as the
         settlement of the request's quota reservation) and observe the metrics."""
         self.platform.settle_and_record(
-            request.request_id if request else uuid.uuid4().hex, chars=chars,
+            request.request_id if request else (caller.request_id or uuid.uuid4().hex), chars=chars,
             tokens=prompt_tokens + completion_tokens, reserved=settle_quota,
             account_id=caller.principal.account_id, credential_id=caller.principal.credential_id,
             service_id=caller.service_id, model=model, dialect=caller.dialect, prompt_tokens=prompt_tokens,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from wharf.engine.backends.base import ModelRunner
 from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from wharf.engine import tool_calls
+from wharf.engine.grammar import Grammars, Matcher
 from wharf.engine.sampling import SamplerRow, make_generator
 from wharf.engine.scheduler import Scheduler
 from wharf.engine.sequence import Group, Sequence
@@ -75,6 +77,19 @@ def tokenize_bounded(tokenizer, text: str, window: int, *, special: bool = True)
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def render_with_tools(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """A chat as the model's template renders it, with the generation prompt: tools and
+    earlier tool calls by the template itself where it knows them, else in Hermes' form
+    (wharf/engine/tool_calls.py); a plain transcript for models without a template."""
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    native = tool_calls.template_renders_tools(template)
+    messages = tool_calls.for_template(messages, tools, native=native)
+    if not template:     # base models (Pythia) and upstreams without a local tokenizer
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+    extra = {"tools": tools} if native and tools else {}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+
+
 @dataclass
 class PreparedRequest:
     request: GenerationRequest
@@ -82,6 +97,7 @@ class PreparedRequest:
     prompt_text: str
     max_tokens: int
     clamped: bool = False      # the API's default max tokens was cut to what the window leaves
+    grammar: object = None     # the compiled grammar of request.structured, if any
 
 
 class Engine:
@@ -90,6 +106,7 @@ class Engine:
                  decode_threads: int | None = None, prefix_cache_bytes: int = 0):
         self.tokenizer = tokenizer
         self.info = info
+        self.grammars = Grammars(tokenizer, runner.vocab_size, eos_ids)
         self.scheduler = Scheduler(runner, tokenizer, eos_ids=eos_ids, max_queue=max_queue,
                                    prefill_chunk=prefill_chunk, prefill_threads=prefill_threads,
                                    decode_threads=decode_threads, prefix_cache_bytes=prefix_cache_bytes)
@@ -98,20 +115,18 @@ class Engine:
     def context_length(self) -> int:
         return self.info.context_length
 
-    def render_chat(self, messages: list[dict]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            # Models without a template (base models such as Pythia): a plain transcript.
-            lines = [f"{m['role']}: {m['content']}" for m in messages]
-            return "\n".join(lines) + "\nassistant:"
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return render_with_tools(self.tokenizer, messages, tools)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Tokenize and check the window; raises ContextLengthExceeded / InvalidParam."""
+        """Tokenize, check the window and compile the grammar (blocking for a new one: the
+        pipeline calls this off the event loop then); raises ContextLengthExceeded /
+        InvalidParam."""
         if request.messages is not None:
-            text = self.render_chat(request.messages)
+            text = self.render_chat(request.messages, request.tools)
             ids = self.tokenize(text, special=False)
             prompt_param = "messages"
         else:
@@ -122,8 +137,9 @@ class Engine:
             start = self.tokenizer.bos_token_id
             ids = [start if start is not None else self.tokenizer.eos_token_id]
         max_tokens, clamped = fit_request(request, len(ids), self.context_length, prompt_param)
+        grammar = self.grammars.compile(request.structured) if request.structured is not None else None
         return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
-                               clamped=clamped)
+                               clamped=clamped, grammar=grammar)
 
     async def generate(self, prepared: PreparedRequest | GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream chunks of every choice; raises WharfError (Overloaded, Timeout, ...)."""
@@ -145,7 +161,8 @@ class Engine:
                       tenant=req.tenant)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
-            row = SamplerRow(params=params, generator=make_generator(seed))
+            row = SamplerRow(params=params, generator=make_generator(seed),
+                             matcher=Matcher(prepared.grammar) if prepared.grammar is not None else None)
             group.seqs.append(Sequence(group=group, index=i, row=row,
                                        detok=IncrementalDetokenizer(self.tokenizer, prepared.prompt_ids),
                                        stops=StopMatcher(params.stop),

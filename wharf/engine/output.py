@@ -1,6 +1,6 @@
 """Sampled tokens -> the chunks a caller sees: incremental UTF-8 safe text, stop tokens
-and strings (held back, never sent), max_tokens, logprobs with token texts, and the
-finish reason. Runs in the model thread, one call per sampled token."""
+and strings (held back, never sent), max_tokens, the end of a grammar, logprobs with
+token texts, and the finish reason. Runs in the model thread, one call per sampled token."""
 
 from __future__ import annotations
 
@@ -25,17 +25,22 @@ class OutputProcessor:
             seq.pending_logprobs.append(TokenLogprob(
                 token=self.text_of(token), token_id=token, logprob=lp[0],
                 top=[(self.text_of(t), t, v) for t, v in lp[1]]))
+        matcher = seq.row.matcher
+        if matcher is not None:
+            matcher.accept(token)
+        ended = matcher is not None and matcher.done      # the grammar is complete: stop here
         text = ""
-        is_eos = (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids
+        is_eos = ((token in self.eos_ids and (not params.ignore_eos or ended))
+                  or token in params.stop_token_ids)
         if is_eos:
             seq.finish = FinishReason.STOP
         else:
             text = seq.stops.feed(seq.detok.push(token))
-            if seq.stops.stopped:
+            if seq.stops.stopped or ended:
                 seq.finish = FinishReason.STOP
             elif seq.output_len >= group.max_tokens:
                 seq.finish = FinishReason.LENGTH
-        if seq.finish is FinishReason.LENGTH or (is_eos and not seq.stops.stopped):
+        if seq.finish is FinishReason.LENGTH or ((is_eos or ended) and not seq.stops.stopped):
             text += seq.stops.feed(seq.detok.flush())
             text += seq.stops.flush()
         if text or seq.finish is not None:

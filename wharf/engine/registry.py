@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from wharf.engine.backends import int8, torch_llama
+from wharf.engine.backends import int8, linear, torch_llama
 from wharf.engine.backends.torch_llama import kv_bytes_per_token
 from wharf.engine.backends.torch_generic import GenericRunner
 from wharf.engine.engine import Engine
@@ -28,23 +28,25 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
                  prefill_threads: int | None = None, decode_threads: int | None = None,
                  prefix_cache_mb: int = 256, kv_cache_mb: int | None = None, log=lambda m: None) -> Engine:
-    dtype = int8.weights_dtype(dtype, quantize)
+    dtype = linear.weights_dtype(dtype, quantize)
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
     window = min(getattr(model.config, "max_position_embeddings", max_model_len) or max_model_len,
                  max_model_len)
     if kv_cache_mb is not None:
-        max_batch_size = batch_within_kv_budget(spec.name, model, window, max_batch_size, kv_cache_mb, log)
+        kv_dtype = linear.compute_dtype(quantize, next(model.parameters()).dtype)
+        max_batch_size = batch_within_kv_budget(spec.name, model, window, max_batch_size, kv_cache_mb, log,
+                                                kv_dtype)
     if torch_llama.supports(model):
         act_ranges = None
-        if int8.check(quantize) == "int8":
+        if linear.check(quantize) == "int8":
             log(f"calibrating int8 weights for {spec.name}")
             act_ranges = int8.activation_ranges(model, tokenizer)
         runner = torch_llama.LlamaRunner(model, max_slots=max_batch_size, max_len=window, quantize=quantize,
                                          act_ranges=act_ranges)
         kind = "torch-llama"
-    elif int8.check(quantize) != "none":
-        raise ValueError(f"{spec.name}: int8 quantization is implemented for Llama-family models only "
+    elif linear.check(quantize) != "none":
+        raise ValueError(f"{spec.name}: {quantize} quantization is implemented for Llama-family models only "
                          f"({model.config.model_type} is not); serve it with quantize=none")
     else:
         runner, kind = GenericRunner(model, max_slots=max_batch_size, max_len=window), "torch-generic"
@@ -53,7 +55,8 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
     if tokenizer.eos_token_id is not None:
         eos_ids.add(tokenizer.eos_token_id)
     info = ModelInfo(name=spec.name, identity=weights.identity, path=str(spec.path), backend=kind,
-                     context_length=window, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                     context_length=window,
+                     dtype=str(getattr(runner, "dtype", next(model.parameters()).dtype)).removeprefix("torch."),
                      quantize=quantize,
                      aliases=list(spec.aliases))
     return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
@@ -61,11 +64,12 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                   prefix_cache_bytes=prefix_cache_mb * 2**20)
 
 
-def batch_within_kv_budget(name: str, model, window: int, max_batch_size: int, kv_cache_mb: int, log) -> int:
+def batch_within_kv_budget(name: str, model, window: int, max_batch_size: int, kv_cache_mb: int, log,
+                           kv_dtype=None) -> int:
     """As many sequences as the KV budget holds at the full window (vLLM's rule for its
     KV cache space), at most max_batch_size. The cache grows only as sequences need it;
     this bounds what it can grow to."""
-    per_sequence = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * window
+    per_sequence = kv_bytes_per_token(model.config, kv_dtype or next(model.parameters()).dtype) * window
     fits = max(1, kv_cache_mb * 2**20 // per_sequence)
     if fits < max_batch_size:
         log(f"{name}: {fits} sequences at once, not {max_batch_size}: {kv_cache_mb} MiB of KV cache "

@@ -73,6 +73,15 @@ class SamplingParams:
 
 
 @dataclass
+class StructuredOutput:
+    """Output constrained to a grammar: here, JSON that validates against a JSON Schema
+    (a JSON object with no other rule is {"type": "object"})."""
+
+    json_schema: dict
+    param: str = "response_format"   # the caller's name for it, for errors that name it
+
+
+@dataclass
 class GenerationRequest:
     """Exactly one of `prompt` (raw text) or `messages` (chat, rendered by the model's template)."""
 
@@ -90,6 +99,9 @@ class GenerationRequest:
     # rather than all the window leaves (Qianfan, SenseNova: 1024).
     window: int | None = None
     default_max_tokens: int | None = None
+    structured: StructuredOutput | None = None
+    # Function tools the chat template shows the model (OpenAI's `tools` entries).
+    tools: list[dict] | None = None
 
 
 @dataclass

@@ -30,9 +30,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from wharf.engine.engine import PreparedRequest, fit_request, tokenize_bounded
+from wharf.engine.engine import PreparedRequest, fit_request, render_with_tools, tokenize_bounded
 from wharf.engine.backends.upstream_pool import UpstreamModel, UpstreamPool, model_cards
 from wharf.engine.backends.upstream_pool import auth_headers as _headers
+from wharf.engine import tool_calls
 from wharf.engine.meter import TokenMeter
 from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
 from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, NotFound, Overloaded, Timeout, WharfError
@@ -81,13 +82,23 @@ def _message(body: bytes | str) -> str:
     return str(data)[:500]
 
 
+def _param(body: bytes | str) -> str | None:
+    """The request field an OpenAI-shaped error names ({"error": {"param": ...}}), if any."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    param = err.get("param") if isinstance(err, dict) else None
+    return param if isinstance(param, str) else None
+
+
 def error_for_status(status: int, body: bytes | str) -> WharfError:
     """Map an upstream HTTP error onto the one taxonomy."""
     msg = _message(body)
     if status in (400, 413, 422):
         if "context" in msg.lower() and ("length" in msg.lower() or "window" in msg.lower()):
             return ContextLengthExceeded(msg, param="max_tokens")
-        return InvalidParam(msg)
+        return InvalidParam(msg, param=_param(body))
     if status == 404:
         return NotFound(msg, reason="model", param="model")
     if status in (401, 403):
@@ -166,10 +177,9 @@ class UpstreamEngine:
     def context_length(self) -> int:
         return self.info.context_length
 
-    def render_chat(self, messages: list[dict]) -> str:
-        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """For counting only: the upstream renders its own template."""
+        return render_with_tools(self.tokenizer, messages, tools)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Exact ids with a tokenizer; otherwise placeholder ids, as many as estimated."""
@@ -179,7 +189,7 @@ class UpstreamEngine:
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if request.messages is not None:
-            text = self.render_chat(request.messages)
+            text = self.render_chat(request.messages, request.tools)
             if self.tokenizer is not None:
                 n = len(self.tokenize(text, special=False))
             else:   # the upstream renders its own template: a few tokens per message on top
@@ -216,8 +226,15 @@ class UpstreamEngine:
             body["stop_token_ids"] = list(p.stop_token_ids)
         if p.ignore_eos:
             body["ignore_eos"] = True
+        if req.structured is not None:    # vLLM, SGLang and llama.cpp's server take OpenAI's form
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "wharf", "schema": req.structured.json_schema, "strict": True}}
         if req.messages is not None:
-            body["messages"] = req.messages
+            # Tools (auto) go as Wharf renders them, in Hermes' form: the answer comes back as
+            # text that Wharf parses, whatever tool parser the upstream has (or has not).
+            body["messages"] = (tool_calls.for_template(req.messages, req.tools, native=False)
+                                if req.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in req.messages)
+                                else req.messages)
             if p.logprobs is not None:
                 body["logprobs"] = True
                 body["top_logprobs"] = p.logprobs

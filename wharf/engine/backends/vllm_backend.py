@@ -72,12 +72,14 @@ What the gateway needs, and where it comes from:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 
-from wharf.engine.engine import PreparedRequest, fit_request, tokenize_bounded
+from wharf.engine.engine import PreparedRequest, fit_request, render_with_tools, tokenize_bounded
 from wharf.engine.meter import TokenMeter
-from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
+from wharf.engine.types import (Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, StructuredOutput,
+                               TokenLogprob)
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout
 
 FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED,
@@ -328,16 +330,25 @@ class _StatsLogger:
         pass
 
 
-def wharf_error(exc: BaseException) -> BaseException:
+# How vLLM's structured-output backends word a schema they cannot compile.
+GRAMMAR_ERROR = re.compile(r"grammar|schema|structured", re.IGNORECASE)
+
+
+def wharf_error(exc: BaseException, structured: StructuredOutput | None = None) -> BaseException:
     """The Wharf error for an exception vLLM raised (matched by class name, so that no
-    vllm import is needed), or `exc` itself when it is none of vLLM's."""
+    vllm import is needed), or `exc` itself when it is none of vLLM's. A request with
+    structured output whose grammar vLLM refuses gets the embedded engine's answer: an
+    invalid param named as the caller named it (response_format, tools)."""
     names = {cls.__name__ for cls in type(exc).__mro__}
     if names & {"EngineDeadError", "AsyncEngineDeadError"}:
         return Overloaded("the vLLM engine is dead; restart the server")
     if names & {"GracefulHTTPError", "RetryableRequestError"}:    # queue limits, retryable failures
         return Overloaded(getattr(exc, "message", None) or str(exc) or "the vLLM engine is busy")
     if "VLLMClientError" in names or isinstance(exc, ValueError):   # ValueError: older vLLM
-        return InvalidParam(str(exc), param=getattr(exc, "parameter", None))
+        param = getattr(exc, "parameter", None)
+        if param is None and structured is not None and GRAMMAR_ERROR.search(str(exc)):
+            return InvalidParam(f"Invalid JSON schema in {structured.param}: {exc}", param=structured.param)
+        return InvalidParam(str(exc), param=param)
     if names & {"EngineGenerateError", "VLLMServerError"}:
         return Internal("vLLM failed to generate")
     return exc
@@ -366,17 +377,15 @@ class VllmEngine:
     def context_length(self) -> int:
         return self.info.context_length
 
-    def render_chat(self, messages: list[dict]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return render_with_tools(self.tokenizer, messages, tools)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if request.messages is not None:
-            text, param = self.render_chat(request.messages), "messages"
+            text, param = self.render_chat(request.messages, request.tools), "messages"
             ids = self.tokenize(text, special=False)
         else:
             text, param = request.prompt or "", "prompt"
@@ -396,10 +405,15 @@ class VllmEngine:
                   presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty, seed=p.seed,
                   stop=list(p.stop) or None, stop_token_ids=list(p.stop_token_ids) or None,
                   ignore_eos=p.ignore_eos, logprobs=p.logprobs, output_kind=self.delta_kind)
+        structured = prepared.request.structured
+        if structured is not None:     # vLLM's own structured outputs (xgrammar by default)
+            from vllm.sampling_params import StructuredOutputsParams
+            kw["structured_outputs"] = StructuredOutputsParams(json=structured.json_schema,
+                                                               disable_any_whitespace=True)
         try:
             return self.SamplingParams(**kw)
         except Exception as exc:
-            err = wharf_error(exc)
+            err = wharf_error(exc, structured)
             if err is exc:
                 raise
             raise err from None
@@ -440,7 +454,7 @@ class VllmEngine:
                 except asyncio.TimeoutError:
                     raise Timeout("the request ran past its deadline") from None
                 except Exception as exc:
-                    err = wharf_error(exc)
+                    err = wharf_error(exc, req.structured)
                     if err is exc:
                         raise
                     raise err from None
