@@ -6,6 +6,7 @@ screenshot of every page at 1280 px and 390 px."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -20,7 +21,7 @@ XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 
 
 def uniq(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"        # short enough for a service's API address (<= 20)
 
 
 def sign_in(page, key: str, hash_: str = "#/services"):
@@ -130,9 +131,12 @@ def test_services_create_xss_escaped_and_isolated(server, new_page, user, shots)
     page.select_option("#svc-kind", "chat")
     page.fill("#svc-desc", XSS)
     expect(page.locator("#svc-url-preview")).to_have_text(
-        f"{server.url}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{ep}")
+        f"{server.url}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{{前缀}}_{ep}")
     page.click("#svc-create")
-    row = page.locator(f"tr[data-endpoint='{ep}']")
+    row = page.locator(f"tr[data-endpoint$='_{ep}']")            # behind the random prefix
+    expect(row).to_be_visible()
+    typed, ep = ep, row.get_attribute("data-endpoint")
+    assert re.fullmatch(rf"[a-z0-9]{{8}}_{re.escape(typed)}", ep)
     expect(row).to_be_visible()
     expect(row.locator(".svc-desc")).to_have_text(XSS)           # shown literally, as text
     expect(row).to_contain_text(f"{server.url}/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{ep}")
@@ -163,9 +167,9 @@ def test_services_create_xss_escaped_and_isolated(server, new_page, user, shots)
     ep2 = uniq("svc-del")
     page.fill("#svc-endpoint", ep2)
     page.click("#svc-create")
-    expect(page.locator(f"tr[data-endpoint='{ep2}']")).to_be_visible()
-    page.click(f"tr[data-endpoint='{ep2}'] button[data-delete]")
-    expect(page.locator(f"tr[data-endpoint='{ep2}']")).to_have_count(0)
+    expect(page.locator(f"tr[data-endpoint$='_{ep2}']")).to_be_visible()
+    page.click(f"tr[data-endpoint$='_{ep2}'] button[data-delete]")
+    expect(page.locator(f"tr[data-endpoint$='_{ep2}']")).to_have_count(0)
     assert not page.errors and not page2.errors
 
 
@@ -262,8 +266,7 @@ def test_playground_openai_stream_and_sample_code(server, new_page, user, shots,
 
 
 def test_playground_qianfan_stream_and_sample_code(server, new_page, user, tmp_path):
-    ep = uniq("pg-chat")
-    server.platform.services.create(user[0].id, ep, MODEL, "chat")
+    ep = server.platform.services.create(user[0].id, uniq("pg-chat"), MODEL, "chat").endpoint
     page = new_page()
     sign_in(page, user[1], "#/playground")
     page.select_option("#pg-dialect", "qianfan-chat")

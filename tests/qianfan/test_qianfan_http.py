@@ -4,6 +4,7 @@ parameter rule and error code of the Qianfan dialect, usage records."""
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlparse
 
 import httpx
@@ -228,6 +229,29 @@ def test_service_list_raw(server, acct):
     assert [s["name"] for s in common] == [acct.chat] and common[0]["apiType"] == "chat"
     h = _signed_headers(server, path, acct.iam_ak, "0" * 32)
     assert httpx.post(server.url + path, headers=h, content="{}").json()["error_code"] == 14
+
+
+def test_two_accounts_both_choose_test1(server):
+    """Seed 001/004: the API address typed, "test1", gets a random prefix; each account calls
+    its own prefixed endpoint, and service/list shows it (name and url), every field a string."""
+    p, path = server.platform, "/wenxinworkshop/service/list"
+    seen = set()
+    for _ in range(2):
+        a = make_account(server)
+        svc = p.services.create(a.account_id, "test1", "smollm2-135m-instruct", "chat")
+        assert re.fullmatch(r"[a-z0-9]{8}_test1", svc.endpoint) and svc.endpoint not in seen
+        seen.add(svc.endpoint)
+        tok = get_token(server, a.app_ak, a.app_sk)
+        r = _post(server, "chat", svc.endpoint, tok, {"messages": [{"role": "user", "content": "你好"}],
+                                                      "max_output_tokens": 2})
+        assert "error_code" not in r.json() and r.headers["Content-Type"] == "application/json"
+        assert _post(server, "chat", "test1", tok, {"messages": [{"role": "user", "content": "你好"}]}) \
+            .json()["error_code"] == 336005
+        h = _signed_headers(server, path, a.iam_ak, a.iam_sk)
+        listed = [e for e in httpx.post(server.url + path, headers=h, content="{}").json()["result"]["common"]
+                  if e["name"] == svc.endpoint]
+        assert listed and listed[0]["url"] == _url(server, "chat", svc.endpoint)
+        assert all(isinstance(v, str) for v in listed[0].values() if not isinstance(v, list))
 
 
 def test_services_errors(server, acct, token):

@@ -53,6 +53,7 @@ from wharf.api.common import json_body
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
+from wharf.api.request_ids import name_request
 from wharf.api.sse import dumps, event
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.platform.auth import Principal
@@ -203,7 +204,8 @@ async def service_list(request: Request):
     for svc in state.platform.services.list(principal.account_id):
         if filters is not None and svc.kind not in filters:
             continue
-        entries.append({"serviceId": svc.id, "name": svc.endpoint, "url": f"{base}{PREFIX}/{svc.kind}/{svc.endpoint}",
+        # Every field a string: the Go SDK's struct has serviceId as one.
+        entries.append({"serviceId": str(svc.id), "name": svc.endpoint, "url": f"{base}{PREFIX}/{svc.kind}/{svc.endpoint}",
                         "apiType": svc.kind, "chargeStatus": "RUNNING", "model": svc.model,
                         "description": svc.description,
                         "versionList": [{"trainType": svc.model, "serviceStatus": "Done"}]})
@@ -345,13 +347,15 @@ async def _serve(request: Request, endpoint: str, kind: str):
         principal = _authenticate(request)
     except E.WharfError as exc:
         return qianfan_error(exc, iam=iam)
-    caller = Caller(principal=principal, dialect="qianfan", connection=request)
+    caller = Caller(principal=principal, dialect="qianfan", connection=request,
+                    request_id=name_request(request, _new_id()))
+    rid = caller.request_id
     headers = _limit_headers(state, caller)
     try:
         svc = state.platform.services.resolve_service(principal, endpoint, kind)
     except E.WharfError as exc:
         state.pipeline.reject(caller, None, exc)
-        return qianfan_error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers, rid=rid)
     caller.service_id, caller.service_limits = svc.id, (svc.rpm, svc.tpm)
     headers = _limit_headers(state, caller)
 
@@ -369,7 +373,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
         if not isinstance(exc, E.WharfError):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc)
-        return qianfan_error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers, rid=rid)
     if gen.sampling.max_tokens is None:      # 1024, or what the window leaves if less
         gen.default_max_tokens = DEFAULT_MAX_OUTPUT_TOKENS
 
@@ -378,12 +382,12 @@ async def _serve(request: Request, endpoint: str, kind: str):
     except ClientGone:
         return gone_response()
     except E.ContentBlocked as exc:
-        return qianfan_error(exc, headers=headers, need_clear_history=True,
+        return qianfan_error(exc, headers=headers, rid=rid, need_clear_history=True,
                       ban_round=_ban_round(state, messages) if messages else -1)
     except E.WharfError as exc:
-        return qianfan_error(exc, headers=headers)
+        return qianfan_error(exc, headers=headers, rid=rid)
 
-    rid, obj = _new_id(), ("chat.completion" if kind == "chat" else "completion")
+    obj = "chat.completion" if kind == "chat" else "completion"
     # The pipeline has waited for the engine's first chunk: a refusal (queue full ->
     # 336100, which the SDK retries) was a plain JSON error above, never a stream.
     if body.get("stream"):
@@ -415,6 +419,13 @@ async def _serve(request: Request, endpoint: str, kind: str):
     return JSONResponse(out, headers=headers)
 
 
+def _go_safe(payload: str) -> str:
+    """The Go SDK skips every SSE line containing the bytes `event`, so a chunk saying
+    "prevent" would vanish: write its second e as \\u0065, the same JSON string for every
+    client. (That e is never part of an escape: it follows "ev", and v is no hex digit.)"""
+    return payload.replace("event", "ev\\u0065nt")
+
+
 async def _stream(run: Run, rid: str, obj: str, kind: str) -> AsyncIterator[bytes]:
     sentence = 0
 
@@ -428,7 +439,7 @@ async def _stream(run: Run, rid: str, obj: str, kind: str) -> AsyncIterator[byte
             out["is_safe"] = 0 if finish is FinishReason.CONTENT else 1
         out["usage"] = _usage(run)
         sentence += 1
-        return event(out)
+        return event(_go_safe(dumps(out)))
 
     ended = False
     chunks = run.chunks()

@@ -5,7 +5,8 @@ time between two requests of a kept-alive connection (`timeout_keep_alive`), and
 else: a connection that trickles its headers, or its body, one byte every few seconds
 stays open for ever (32 + 32 such sockets were all still open after 70 s). What is
 missing lives here, in a subclass of uvicorn's httptools protocol (the parser
-`uvicorn[standard]` brings and uvicorn picks by default):
+`uvicorn[standard]` brings and uvicorn picks by default), by way of header_case.py's
+(canonical response header names):
 
 - headers: the request line and headers must be complete within `header_timeout_s` of
   the connection opening or of the next request's first byte, and no larger than
@@ -29,10 +30,7 @@ import resource
 
 log = logging.getLogger("wharf.http")
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:                      # no httptools: uvicorn's own parser, without these guards
-    HttpToolsProtocol = None
+from wharf.api.header_case import CanonicalHeadersProtocol
 
 
 def server_options(settings) -> dict:
@@ -45,7 +43,8 @@ def server_options(settings) -> dict:
     if protocol is not None:
         opts["http"] = protocol
     else:
-        log.warning("httptools is not installed: no header/body read timeouts (pip install 'uvicorn[standard]')")
+        log.warning("httptools is not installed: no header/body read timeouts and lowercase response header "
+                    "names (pip install 'uvicorn[standard]')")
     return opts
 
 
@@ -66,23 +65,23 @@ def raise_fd_limit(connections: int) -> None:
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": {"message": message, "type": "request_timeout" if status == 408 else
                                  "invalid_request_error", "param": None, "code": None}}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
 def guarded_protocol(*, header_timeout_s: float, max_header_bytes: int, body_timeout_s: float,
                      body_min_rate: int):
     """A subclass of uvicorn's httptools protocol with these limits (0: that guard off), or
     None without httptools."""
-    if HttpToolsProtocol is None:
+    if CanonicalHeadersProtocol is None:
         return None
     return type("GuardedHttpToolsProtocol", (_Guarded,),
                 {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
                  "body_timeout_s": body_timeout_s, "body_min_rate": body_min_rate})
 
 
-if HttpToolsProtocol is not None:
-    class _Guarded(HttpToolsProtocol):
+if CanonicalHeadersProtocol is not None:
+    class _Guarded(CanonicalHeadersProtocol):
         header_timeout_s = 10.0
         max_header_bytes = 64 * 1024
         body_timeout_s = 10.0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
+import string
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,8 +29,12 @@ from wharf.platform.models import Service, utcnow
 from wharf.platform.store import Store
 
 KINDS = ("completions", "chat")
-# Real Qianfan endpoints look like "ngxxxol8_test1", "lbwxxxd4_test1", "your_custom_endpoint".
-ENDPOINT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Seed 001/004: the API address a user types ("test1") gets a random prefix, and the
+# endpoint to call is "lbwxxxd4_test1", so two accounts can both choose "test1". What the
+# user types follows Qianfan CreateService's urlSuffix rule.
+URL_SUFFIX_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,18}[a-z0-9]")
+TAG_ALPHABET = string.ascii_lowercase + string.digits
+TAG_LENGTH = 8
 
 ModelCheck = Callable[[str], bool]
 
@@ -37,7 +43,8 @@ ModelCheck = Callable[[str], bool]
 class ServiceInfo:
     id: int
     account_id: int
-    endpoint: str
+    endpoint: str               # what clients call: tag + "_" + url_suffix
+    url_suffix: str | None      # what the user typed (None: created before prefixes, endpoint as typed)
     model: str
     kind: str
     description: str
@@ -48,7 +55,8 @@ class ServiceInfo:
 
     @classmethod
     def of(cls, s: Service) -> "ServiceInfo":
-        return cls(id=s.id, account_id=s.account_id, endpoint=s.endpoint, model=s.model, kind=s.kind,
+        return cls(id=s.id, account_id=s.account_id, endpoint=s.endpoint, url_suffix=s.url_suffix,
+                   model=s.model, kind=s.kind,
                    description=s.description, rpm=s.rpm, tpm=s.tpm, created_at=s.created_at,
                    updated_at=s.updated_at)
 
@@ -56,11 +64,17 @@ class ServiceInfo:
         return asdict(self)
 
 
-def validate_endpoint(endpoint) -> str:
-    if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint) or ".." in endpoint:
-        raise InvalidParam("endpoint must be 1-64 characters of a-z, 0-9, '_', '-', '.', "
-                           "starting with a letter or digit", param="endpoint")
-    return endpoint
+def validate_url_suffix(url_suffix) -> str:
+    if not isinstance(url_suffix, str) or not URL_SUFFIX_RE.fullmatch(url_suffix):
+        raise InvalidParam("endpoint must be 2-20 characters of a-z, 0-9, '_' and '-', starting and ending "
+                           "with a letter or digit (the API address you choose; a random prefix is added "
+                           "to it)", param="endpoint")
+    return url_suffix
+
+
+def new_endpoint(url_suffix: str) -> str:
+    """`test1` -> e.g. `lbwxxxd4_test1`."""
+    return "".join(secrets.choice(TAG_ALPHABET) for _ in range(TAG_LENGTH)) + "_" + url_suffix
 
 
 def _kind(kind) -> str:
@@ -88,31 +102,35 @@ class Services:
         self.model_exists = model_exists
         self.max_per_account = max_per_account
 
-    def create(self, account_id: int, endpoint: str, model: str, kind: str, description: str = "", *,
+    def create(self, account_id: int, url_suffix: str, model: str, kind: str, description: str = "", *,
                model_exists: ModelCheck | None = None, actor=None, **limits) -> ServiceInfo:
-        """limits: rpm, tpm (None: none, 0: nothing allowed); those not given start at the
+        """A service at endpoint `<random tag>_<url_suffix>` (ServiceInfo.endpoint).
+        limits: rpm, tpm (None: none, 0: nothing allowed); those not given start at the
         account's ceilings (tenancy.admit_limits)."""
-        validate_endpoint(endpoint)
+        validate_url_suffix(url_suffix)
         _kind(kind)
         _model(model, model_exists or self.model_exists)
         description = validate.text(description, "description", 1024)
         lim = validate.limits(limits, ("rpm", "tpm"))
-        try:
-            with self.store.write() as s:
-                account = tenancy.lock_account(s, account_id)
-                if s.scalar(select(Service.id).where(Service.endpoint == endpoint)) is not None:
-                    raise Conflict(f"endpoint {endpoint!r} is already taken", param="endpoint")
-                tenancy.check_cap(s, account_id, "service", self.max_per_account)
-                lim = tenancy.admit_limits(account, "service", lim, None, actor)
-                now = utcnow()
-                row = Service(account_id=account_id, endpoint=endpoint, model=model, kind=kind,
-                              description=description, rpm=lim.get("rpm"), tpm=lim.get("tpm"),
-                              created_at=now, updated_at=now)
-                s.add(row)
-                s.flush()
-                return ServiceInfo.of(row)
-        except IntegrityError:          # lost a race for the same endpoint
-            raise Conflict(f"endpoint {endpoint!r} is already taken", param="endpoint") from None
+        for _ in range(5):              # 36^8 tags: a clash is all but impossible, but cheap to survive
+            endpoint = new_endpoint(url_suffix)
+            try:
+                with self.store.write() as s:
+                    account = tenancy.lock_account(s, account_id)
+                    if s.scalar(select(Service.id).where(Service.endpoint == endpoint)) is not None:
+                        continue
+                    tenancy.check_cap(s, account_id, "service", self.max_per_account)
+                    lim = tenancy.admit_limits(account, "service", lim, None, actor)
+                    now = utcnow()
+                    row = Service(account_id=account_id, endpoint=endpoint, url_suffix=url_suffix, model=model,
+                                  kind=kind, description=description, rpm=lim.get("rpm"), tpm=lim.get("tpm"),
+                                  created_at=now, updated_at=now)
+                    s.add(row)
+                    s.flush()
+                    return ServiceInfo.of(row)
+            except IntegrityError:      # lost a race for the same endpoint: draw again
+                continue
+        raise Conflict("could not find a free endpoint; try again", param="endpoint")
 
     def list(self, account_id: int | None = None) -> list[ServiceInfo]:
         q = select(Service).order_by(Service.id)

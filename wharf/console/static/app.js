@@ -112,12 +112,13 @@ const serviceURL = (s) => `${ORIGIN}/rpc/2.0/ai_custom/v1/wenxinworkshop/${s.kin
 async function pageServices(main) {
   const [models] = await Promise.all([loadModels(), loadServices()]);
   const err = h("p", { class: "error" });
-  const endpoint = h("input", { id: "svc-endpoint", placeholder: "例如 my-chat", maxlength: 64, required: true });
+  // What the user types is Qianfan's urlSuffix; the server puts a random tag before it.
+  const endpoint = h("input", { id: "svc-endpoint", placeholder: "例如 test1", maxlength: 20, required: true });
   const model = h("select", { id: "svc-model" }, models.map(m => h("option", { value: m }, m)));
   const kind = h("select", { id: "svc-kind" }, h("option", { value: "chat" }, "chat 对话"), h("option", { value: "completions" }, "completions 续写"));
   const desc = h("input", { id: "svc-desc", maxlength: 1024, placeholder: "可选 optional" });
   const preview = h("code", { id: "svc-url-preview" });
-  const upd = () => { preview.textContent = serviceURL({ kind: kind.value, endpoint: endpoint.value || "{API地址}" }); };
+  const upd = () => { preview.textContent = serviceURL({ kind: kind.value, endpoint: "{前缀}_" + (endpoint.value || "{API地址}") }); };
   endpoint.addEventListener("input", upd); kind.addEventListener("change", upd); upd();
   const form = h("form", { class: "card", id: "svc-form" },
     h("h2", {}, "创建服务 Create service"),
@@ -125,7 +126,8 @@ async function pageServices(main) {
       h("label", {}, "API地址 (endpoint)", endpoint), h("label", {}, "模型 Model", model),
       h("label", {}, "类型 Kind", kind), h("label", {}, "描述 Description", desc),
       h("div", {}, h("button", { class: "btn", type: "submit", id: "svc-create" }, "创建 Create"))),
-    h("p", { class: "hint" }, "调用地址 URL: ", preview), err);
+    h("p", { class: "hint" }, "调用地址 URL: ", preview),
+    h("p", { class: "hint" }, "API地址会自动加上随机前缀，例如 test1 → lbwxxxd4_test1。A random prefix is added to the address you type."), err);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault(); err.textContent = "";
     try {
@@ -311,56 +313,6 @@ const DIALECTS = {
   "openai-completions": { label: "OpenAI · completions", cred: "api_key", target: "model", stream: true,
     params: [["max_tokens", 32, "≥ 1", 1, 4096, 1], ["temperature", 1.0, "0..2", 0, 2, 0.01], ["top_p", 1.0, "[0, 1]", 0, 1, 0.01], ["n", 1, "1..", 1, 8, 1], ["seed", "", "int", null, null, 1]] },
 };
-const PLACEHOLDER = { api_key: { key: "<YOUR_WHARF_API_KEY>" }, qianfan_app: { ak: "<YOUR_QIANFAN_API_KEY>", sk: "<YOUR_QIANFAN_SECRET_KEY>" },
-  sensenova: { ak: "<YOUR_SENSENOVA_ACCESS_KEY_ID>", sk: "<YOUR_SENSENOVA_SECRET_ACCESS_KEY>" } };
-
-function pyLit(v, ind = "") {
-  if (v === null || v === undefined) return "None";
-  if (v === true) return "True"; if (v === false) return "False";
-  if (typeof v === "number") return String(v);
-  if (typeof v === "string") return JSON.stringify(v);
-  const ni = ind + "    ";
-  if (Array.isArray(v)) return v.length ? "[\n" + v.map(x => ni + pyLit(x, ni)).join(",\n") + ",\n" + ind + "]" : "[]";
-  const ks = Object.keys(v);
-  return ks.length ? "{\n" + ks.map(k => ni + JSON.stringify(k) + ": " + pyLit(v[k], ni)).join(",\n") + ",\n" + ind + "}" : "{}";
-}
-const shq = (s) => "'" + String(s).replace(/'/g, "'\\''") + "'";
-
-function sampleCode(d, path, body, cred) {
-  const url = ORIGIN + path; const json = JSON.stringify(body, null, 2); const stream = !!body.stream;
-  const mark = cred.filled ? "" : "  # <- 替换为你的凭证 replace with your credential";
-  let curl, py;
-  if (d.startsWith("openai") || d === "welm") {
-    curl = `curl -sS${stream ? " -N" : ""} ${shq(url)} \\\n  -H 'Content-Type: application/json' \\\n  -H ${shq("Authorization: Bearer " + cred.key)} \\\n  -d ${shq(json)}`;
-  }
-  if (d.startsWith("openai")) {
-    const chat = d === "openai-chat"; const { stream: _s, ...params } = body;
-    py = `from openai import OpenAI\n\nclient = OpenAI(\n    base_url=${JSON.stringify(ORIGIN + "/v1")},\n    api_key=${JSON.stringify(cred.key)},${mark}\n)\n` +
-      `params = ${pyLit(params)}\n` + (stream
-        ? `stream = client.${chat ? "chat.completions" : "completions"}.create(**params, stream=True)\nfor chunk in stream:\n    if chunk.choices:\n        print(chunk.choices[0].${chat ? "delta.content" : "text"} or "", end="", flush=True)\nprint()\n`
-        : `resp = client.${chat ? "chat.completions" : "completions"}.create(**params)\nprint(resp.choices[0].${chat ? "message.content" : "text"})\n`);
-  } else if (d === "welm") {
-    py = `import requests\n\nresp = requests.post(\n    ${JSON.stringify(url)},\n    headers={"Authorization": "Bearer " + ${JSON.stringify(cred.key)}},${mark}\n    json=${pyLit(body, "    ")},\n    timeout=120,\n)\nresp.raise_for_status()\nfor choice in resp.json()["choices"]:\n    print(choice["text"])\n`;
-  } else if (d.startsWith("qianfan")) {
-    const chat = d === "qianfan-chat"; const endpoint = path.split("/").pop(); const { stream: _s, ...params } = body;
-    curl = `# 1. 获取 access_token (OAuth client_credentials)\nACCESS_TOKEN=$(curl -sS -X POST ${shq(ORIGIN + "/oauth/2.0/token?grant_type=client_credentials&client_id=" + cred.ak + "&client_secret=" + cred.sk)} \\\n  | python3 -c 'import sys, json; print(json.load(sys.stdin)["access_token"])')\n` +
-      `# 2. 调用服务\ncurl -sS${stream ? " -N" : ""} -X POST ${shq(url)}"?access_token=$ACCESS_TOKEN" \\\n  -H 'Content-Type: application/json' \\\n  -d ${shq(json)}`;
-    py = `import os\n\nos.environ["QIANFAN_BASE_URL"] = ${JSON.stringify(ORIGIN)}\nos.environ["QIANFAN_CONSOLE_API_BASE_URL"] = ${JSON.stringify(ORIGIN)}\n` +
-      `os.environ["QIANFAN_AK"] = ${JSON.stringify(cred.ak)}${mark}\nos.environ["QIANFAN_SK"] = ${JSON.stringify(cred.sk)}${mark}\n\nimport qianfan  # pip install qianfan\n\n` +
-      `client = qianfan.${chat ? "ChatCompletion" : "Completion"}(endpoint=${JSON.stringify(endpoint)})\nparams = ${pyLit(params)}\n` + (stream
-        ? `for resp in client.do(**params, stream=True):\n    print(resp["body"]["result"], end="", flush=True)\nprint()\n`
-        : `resp = client.do(**params)\nprint(resp["body"]["result"])\n`);
-  } else {
-    const { stream: _s, ...params } = body;
-    curl = `# SenseNova 使用 HS256 JWT (iss = access key id)，需要 PyJWT: pip install pyjwt\nTOKEN=$(python3 -c 'import jwt, time; now = int(time.time()); print(jwt.encode({"iss": "'${shq(cred.ak)}'", "exp": now + 1800, "nbf": now - 5}, "'${shq(cred.sk)}'", algorithm="HS256"))')\n` +
-      `curl -sS${stream ? " -N" : ""} ${shq(url)} \\\n  -H 'Content-Type: application/json' \\\n  -H "Authorization: Bearer $TOKEN" \\\n  -d ${shq(json)}`;
-    py = `import sensenova  # pip install sensenova\n\nsensenova.api_base = ${JSON.stringify(ORIGIN + "/v1")}\nsensenova.access_key_id = ${JSON.stringify(cred.ak)}${mark}\nsensenova.secret_access_key = ${JSON.stringify(cred.sk)}${mark}\n\nparams = ${pyLit(params)}\n` + (stream
-      ? `for chunk in sensenova.Completion.create(**params, stream=True):\n    for choice in chunk["data"]["choices"]:\n        print(choice.get("delta", ""), end="", flush=True)\nprint()\n`
-      : `resp = sensenova.Completion.create(**params)\nfor choice in resp["data"]["choices"]:\n    print(choice["text"])\n`);
-  }
-  return { curl, python: py };
-}
-
 function extractText(d, obj) {
   try {
     if (d.startsWith("openai")) return (obj.choices || []).map(c => (c.delta && c.delta.content) || c.text || (c.message && c.message.content) || "").join("");
@@ -385,9 +337,20 @@ async function pagePlayground(main) {
   const fillBtn = h("button", { class: "btn ghost", type: "button", id: "pg-fill" }, "用新凭证填充示例代码 Fill code with a new credential");
   const output = h("pre", { class: "output", id: "pg-output" });
   const reqPre = h("pre", { id: "pg-request" }), rawPre = h("pre", { id: "pg-raw" });
-  const curlPre = h("pre", { id: "pg-code-curl" }), pyPre = h("pre", { id: "pg-code-python" });
+  // One <pre> per language (samples.js); a dialect shows those it has samples in.
+  const codePres = Object.fromEntries(Object.keys(SAMPLE_LANGS).map(l => [l, h("pre", { id: "pg-code-" + l, "data-lang": l })]));
   const status = h("span", { class: "muted", id: "pg-status" });
   const err = h("p", { class: "error", id: "pg-error" });
+  const codeTabs = h("div", { class: "tabs", id: "pg-code-tabs" });
+  let shown = "python";
+  function showCode(which) {
+    shown = which;
+    codeTabs.querySelectorAll("button[data-code]").forEach(b => b.classList.toggle("active", b.dataset.code === which));
+    for (const [lang, pre] of Object.entries(codePres)) pre.hidden = lang !== which;
+  }
+  codeTabs.append(...Object.entries(SAMPLE_LANGS).map(([lang, label]) =>
+    h("button", { type: "button", "data-code": lang, onclick: () => showCode(lang) }, label)),
+    h("button", { type: "button", id: "pg-copy", onclick: () => copy(codePres[shown].textContent) }, "复制代码 Copy"));
   let filled = null; // {kind, key | ak, sk}
 
   const cur = () => DIALECTS[dialect.value];
@@ -445,8 +408,10 @@ async function pagePlayground(main) {
     else if (d.cred === "sensenova") headers.push("Authorization: Bearer eyJhbGciOiJIUzI1NiIs****（HS256 JWT, masked）");
     else url += "?access_token=****（OAuth access_token, masked）";
     reqPre.textContent = `POST ${url}\n${headers.join("\n")}\n\n${JSON.stringify(body, null, 2)}`;
-    const code = sampleCode(dialect.value, path, body, credForCode());
-    curlPre.textContent = code.curl; pyPre.textContent = code.python;
+    const code = sampleCode(ORIGIN, dialect.value, path, body, credForCode());
+    for (const [lang, pre] of Object.entries(codePres)) pre.textContent = code[lang] || "";
+    codeTabs.querySelectorAll("button[data-code]").forEach(b => { b.hidden = !code[b.dataset.code]; });
+    if (!code[shown]) showCode("python");
   }
   fillBtn.addEventListener("click", async () => {
     const d = cur(); err.textContent = "";
@@ -503,17 +468,7 @@ async function pagePlayground(main) {
     finally { sendBtn.disabled = false; }
   });
 
-  const codeTabs = h("div", { class: "tabs" });
-  const codeBody = h("div", {}, curlPre, pyPre);
-  let shown = "python";
-  const showCode = (which) => {
-    shown = which;
-    codeTabs.querySelectorAll("button").forEach(b => b.classList.toggle("active", b.dataset.code === which));
-    curlPre.hidden = which !== "curl"; pyPre.hidden = which !== "python";
-  };
-  codeTabs.append(h("button", { type: "button", "data-code": "curl", onclick: () => showCode("curl") }, "curl"),
-    h("button", { type: "button", "data-code": "python", onclick: () => showCode("python") }, "Python"),
-    h("button", { type: "button", id: "pg-copy", onclick: () => copy((shown === "curl" ? curlPre : pyPre).textContent) }, "复制代码 Copy"));
+  const codeBody = h("div", {}, Object.values(codePres));
   showCode("python");
   main.replaceChildren(h("h1", {}, "API 在线调试平台 · Playground"),
     h("p", { class: "sub" }, "选择接口与服务/模型，设置参数，发送并实时查看流式输出、原始 HTTP 请求与响应，以及可直接运行的示例代码。"),

@@ -1,0 +1,177 @@
+"""The official Qianfan Java (0.1.6) and Go (v0.0.15) SDKs, built offline from ../shared/sdks/
+(its README says how) together with the client programs in sdk_clients/, and run as
+long-lived processes that take one JSON request per line and answer one JSON line each.
+
+Builds are cached under ~/.cache/wharf-test-sdks/<key> (WHARF_TEST_SDK_CACHE), the key
+being a hash of the SDK archives, the client sources and the toolchain version, so a
+session builds each SDK at most once and later sessions not at all. The SDK sources are
+unpacked there, never into the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLIENTS = HERE / "sdk_clients"
+SDKS = Path(os.environ.get("WHARF_QIANFAN_SDKS", HERE.parents[2] / "shared" / "sdks"))
+CACHE = Path(os.environ.get("WHARF_TEST_SDK_CACHE", Path.home() / ".cache" / "wharf-test-sdks"))
+JAVA_TAR = "bce-qianfan-sdk-java-0.1.6-cf94b38b.tar.gz"
+GO_TARS = ("bce-qianfan-sdk-go-v0.0.15-3eb1bcec.tar.gz", "bce-sdk-go-v0.9.164-1171652.tar.gz")
+JARS = [f"/usr/share/java/{j}.jar" for j in ("gson", "httpclient5", "httpcore5", "httpcore5-h2", "slf4j-api",
+                                            "slf4j-nop")]
+
+
+class Unavailable(Exception):
+    """What is missing to build an SDK (the tests skip with it)."""
+
+
+def _key(parts: list[Path], toolchain: list[str]) -> str:
+    version = subprocess.run(toolchain, capture_output=True, text=True, check=False)
+    h = hashlib.sha256((version.stdout + version.stderr).encode())
+    for p in parts:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cached(name: str, key: str, build) -> Path:
+    """CACHE/name-key, built by build(tmp_dir) into a fresh folder then renamed into place."""
+    final = CACHE / f"{name}-{key}"
+    if (final / "ok").exists():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=CACHE))
+    try:
+        build(tmp)
+        (tmp / "ok").write_text("")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _run(cmd: list[str], **kw) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+def _need(tools: list[str], files: list[Path]) -> None:
+    missing = [t for t in tools if shutil.which(t) is None] + [str(f) for f in files if not f.exists()]
+    if missing:
+        raise Unavailable("missing " + ", ".join(missing) + " (RECIPES.md section 6; .ci/run installs them)")
+
+
+def java_command() -> list[str]:
+    """The command that runs WharfSdkClient."""
+    return ["java", "-cp", java_classpath(), "WharfSdkClient"]
+
+
+def java_classpath() -> str:
+    """Build the Java SDK and WharfSdkClient (~8 s); the classpath with both and their jars."""
+    src = CLIENTS / "java" / "WharfSdkClient.java"
+    _need(["javac", "java"], [SDKS / JAVA_TAR, *map(Path, JARS)])
+    cp = ":".join(JARS)
+
+    def build(d: Path) -> None:
+        with tarfile.open(SDKS / JAVA_TAR) as t:
+            t.extractall(d / "src", filter="data")
+        srcs = sorted(str(p) for p in (d / "src" / "bce-qianfan-sdk" / "java" / "src" / "main" / "java").rglob("*.java"))
+        srcs.append(str(SDKS / "httpclient5-5.3.1" / "BearerToken.java"))     # imported, unused; Debian's lacks it
+        (d / "srcs").write_text("\n".join(srcs))
+        _run(["javac", "--release", "8", "-nowarn", "-encoding", "UTF-8", "-cp", cp, "-d", str(d / "classes"),
+              f"@{d / 'srcs'}"])
+        _run(["javac", "--release", "8", "-nowarn", "-encoding", "UTF-8", "-cp", f"{d / 'classes'}:{cp}",
+              "-d", str(d / "client"), str(src)])
+        shutil.rmtree(d / "src")
+
+    d = _cached("java", _key([SDKS / JAVA_TAR, src], ["javac", "-version"]), build)
+    return f"{d / 'client'}:{d / 'classes'}:{cp}"
+
+
+def go_command() -> list[str]:
+    """Build the Go SDK and sdk_clients/go in GOPATH mode, offline, with Debian's Go sources (~15 s)."""
+    srcs = sorted((CLIENTS / "go").glob("*.go"))
+    _need(["go"], [SDKS / t for t in GO_TARS] + [Path("/usr/share/gocode/src/github.com/spf13/viper")])
+
+    def build(d: Path) -> None:
+        gopath = d / "gopath" / "src" / "github.com" / "baidubce"
+        for t in GO_TARS:
+            with tarfile.open(SDKS / t) as tf:
+                tf.extractall(gopath, filter="data")
+        env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{d / 'gopath'}:/usr/share/gocode",
+               "GOPROXY": "off", "GOFLAGS": "", "CGO_ENABLED": "0", "GOCACHE": str(d / "gocache")}
+        _run(["go", "build", "-o", str(d / "client"), "."], cwd=CLIENTS / "go", env=env)
+        shutil.rmtree(d / "gopath")
+        shutil.rmtree(d / "gocache", ignore_errors=True)
+
+    d = _cached("go", _key([SDKS / t for t in GO_TARS] + srcs, ["go", "version"]), build)
+    return [str(d / "client")]
+
+
+def go_sdk_env() -> dict:
+    """A GOPATH holding the Go SDK and a build cache warmed on sdk_clients/go (~15 s once):
+    the environment in which `go build` builds any program importing the SDK in a second
+    or two (the console's sample code)."""
+    _need(["go"], [SDKS / t for t in GO_TARS] + [Path("/usr/share/gocode/src/github.com/spf13/viper")])
+
+    def env(d: Path) -> dict:
+        return {**os.environ, "GO111MODULE": "off", "GOPATH": f"{d / 'gopath'}:/usr/share/gocode",
+                "GOPROXY": "off", "GOFLAGS": "", "CGO_ENABLED": "0", "GOCACHE": str(d / "gocache")}
+
+    def build(d: Path) -> None:
+        for t in GO_TARS:
+            with tarfile.open(SDKS / t) as tf:
+                tf.extractall(d / "gopath" / "src" / "github.com" / "baidubce", filter="data")
+        _run(["go", "build", "-o", os.devnull, "."], cwd=CLIENTS / "go", env=env(d))
+
+    # GOCACHE keys its entries on absolute paths: the folder's final name must be in them.
+    key = _key([SDKS / t for t in GO_TARS], ["go", "version"])
+    final = CACHE / f"go-sdk-{key}"
+    if not (final / "ok").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        build(final)
+        (final / "ok").write_text("")
+    return env(final)
+
+
+class SdkProcess:
+    """A client program: `proc(**request)` -> its JSON reply. One request at a time."""
+
+    def __init__(self, cmd: list[str], env: dict, workdir: Path):
+        self.log = workdir / "stderr.log"
+        # A clean working directory: both SDKs read a .env file from it.
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log.open("w"), text=True, encoding="utf-8", bufsize=1)
+
+    def __call__(self, timeout: float = 120, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request, ensure_ascii=False) + "\n")
+        self.proc.stdin.flush()
+        timer = threading.Timer(timeout, self.proc.kill)      # a hung SDK fails the test, not the session
+        timer.start()
+        try:
+            line = self.proc.stdout.readline()
+        finally:
+            timer.cancel()
+        if not line:
+            raise RuntimeError(f"SDK client died ({self.proc.poll()}):\n{self.log.read_text()[-3000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
