@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     upstream_tokenizer: str | None = None    # HF tokenizer folder for exact prompt counts (else estimated)
     vllm_engine_args: dict = Field(default_factory=dict)  # extra vLLM AsyncEngineArgs, e.g. {"gpu_memory_utilization": 0.85}
     dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
-    quantize: str = "none"                   # none (exact float) | int8 (fbgemm int8 matmuls, 2-3x faster on CPU)
+    quantize: str = "none"                   # none (exact float) | int8 (fbgemm int8 matmuls) | int4 (the GGUF's 4-bit groups)
     threads: int | None = None               # torch threads for decode steps (None: all cores)
     prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
 
@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     control_ip_qps: int = Field(100, ge=0)
     # Expired Qianfan OAuth tokens are deleted this often, in small batches, off the request path.
     token_prune_interval_s: float = Field(60.0, ge=0)
+    # Request-log (usage record) retention: records older than this many days are deleted
+    # in small batches every request_log_prune_interval_s. 0 keeps them forever (default:
+    # they are the usage history the summaries add up).
+    request_log_retention_days: float = Field(0, ge=0)
+    request_log_prune_interval_s: float = Field(300.0, ge=0)
 
     @property
     def upstream_urls(self) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_server
 from wharf.platform.core import Platform
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.store import Store
@@ -158,3 +159,14 @@ def file_bytes(path: Path) -> bytes:
         if p.exists():
             data += p.read_bytes()
     return data
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def srv(request, server_factory):
+    """A live server of its own per module, on SQLite and on a fresh PostgreSQL database."""
+    env = {}
+    if request.param == "postgresql":
+        env["WHARF_DATABASE_URL"] = new_pg_database(request.getfixturevalue("pg_base"))
+    s = server_factory(extra_env=env)
+    yield s
+    stop_server(s)

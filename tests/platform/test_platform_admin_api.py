@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -104,15 +106,21 @@ def test_credentials_ownership_and_secrets_once(api):
 def test_services_ownership_and_validation(api):
     client, ids = api
     alice, bob = client("alice"), client("bob")
-    r = alice.post("/services", json={"endpoint": "ngxxol17_1234", "model": "xl", "kind": "completions"})
+    r = alice.post("/services", json={"endpoint": "test1", "model": "xl", "kind": "completions"})
     assert r.status_code == 201, r.text
-    sid = r.json()["id"]
+    sid, endpoint = r.json()["id"], r.json()["endpoint"]
     assert r.json()["account_id"] == ids["alice"]
-    _err(bob.post("/services", json={"endpoint": "ngxxol17_1234", "model": "xl", "kind": "chat"}), 409)
+    assert re.fullmatch(r"[a-z0-9]{8}_test1", endpoint) and r.json()["url_suffix"] == "test1"
+    # Another account may choose test1 too: it gets an endpoint of its own.
+    r = bob.post("/services", json={"endpoint": "test1", "model": "xl", "kind": "chat"})
+    assert r.status_code == 201 and r.json()["endpoint"] not in (endpoint, "test1")
+    assert bob.delete(f"/services/{r.json()['id']}").status_code == 204
     _err(bob.post("/services", json={"endpoint": "ok1", "model": "gpt-99", "kind": "chat"}), 400)
     _err(bob.post("/services", json={"endpoint": "Bad Endpoint", "model": "xl", "kind": "chat"}), 400)
     _err(bob.post("/services", json={"endpoint": "ok2", "model": "xl", "kind": "embed"}), 422)
-    _err(bob.post("/services", json={"endpoint": "x" * 65, "model": "xl", "kind": "chat"}), 422)
+    r = bob.post("/services", json={"endpoint": "x" * 21, "model": "xl", "kind": "chat"})
+    _err(r, 400)
+    assert "2-20 characters" in r.text
     _err(bob.post("/services", json={"endpoint": "ok3", "model": "xl", "kind": "chat",
                                      "account_id": ids["alice"]}), 403)
     assert bob.get("/services").json() == []
@@ -123,8 +131,7 @@ def test_services_ownership_and_validation(api):
     assert up.status_code == 200 and up.json()["model"] == "Yi-34B-Chat"
     _err(alice.patch(f"/services/{sid}", json={"model": "nope"}), 400)
     _err(alice.patch(f"/services/{sid}", json={"endpoint": "renamed"}), 422)
-    assert [s["endpoint"] for s in client("admin").get("/services", params={"all": True}).json()] == \
-        ["ngxxol17_1234"]
+    assert [s["endpoint"] for s in client("admin").get("/services", params={"all": True}).json()] == [endpoint]
     assert alice.delete(f"/services/{sid}").status_code == 204
     _err(alice.get(f"/services/{sid}"), 404)
     assert sorted(alice.get("/models").json()) == ["Yi-34B-Chat", "tiny-model", "xl"]

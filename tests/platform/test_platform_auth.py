@@ -159,6 +159,62 @@ def test_uri_encode():
     assert uri_encode("a/b+中") == "a%2Fb%2B%E4%B8%AD"
 
 
+def _sign_like(ak, sk, *, signed_host, sent_host="127.0.0.1:8123", auth_ts=None, signed_date=None,
+               sent_date=None, names=("host", "x-bce-date"), expiration=1800):
+    """A request signed the way the Java (host;x-bce-date, 1800 s) and Go (content-type;host;
+    x-bce-date, 300 s) SDKs sign: `host` as they sign it, the headers as they send them."""
+    now = time.time()
+    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))       # noqa: E731
+    auth_ts = auth_ts or fmt(now)
+    signed_date = signed_date or auth_ts
+    sent = {"Host": sent_host, "Content-Type": "application/json", "X-Bce-Date": sent_date or signed_date}
+    values = {"host": signed_host, "content-type": "application/json", "x-bce-date": signed_date}
+    prefix = f"bce-auth-v1/{ak}/{auth_ts}/{expiration}"
+    path = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/ngxxol17_1234"
+    sig = bce_sign(sk, prefix, bce_canonical_request("POST", path, [], values, names))
+    return path, {**sent, "Authorization": f"{prefix}/{';'.join(names)}/{sig}"}
+
+
+def test_bce_host_without_port_and_the_java_date_skew(platform, alice):
+    """Java and Go sign the host without its port; Java may send an x-bce-date a second after
+    the auth string's. Exactly those are accepted; any other host or date is not."""
+    iam = platform.credentials.create(alice.id, "qianfan_iam")
+
+    def verify(path, headers):
+        return platform.authenticator.bce_signature("POST", path, [], headers, headers["Authorization"])
+
+    ak, sk = iam.public_id, iam.secret
+    go_names = ("content-type", "host", "x-bce-date")
+    for names, exp in ((("host", "x-bce-date"), 1800), (go_names, 300)):
+        assert verify(*_sign_like(ak, sk, signed_host="127.0.0.1", names=names, expiration=exp)).account_id == alice.id
+        assert verify(*_sign_like(ak, sk, signed_host="127.0.0.1:8123", names=names)).account_id == alice.id
+    assert verify(*_sign_like(ak, sk, signed_host="wharf.example", sent_host="wharf.example:443")).account_id \
+        == alice.id
+    assert verify(*_sign_like(ak, sk, signed_host="[::1]", sent_host="[::1]:8123")).account_id == alice.id
+    # nothing looser: another host, a host cut short, a port signed that was not sent
+    for signed, sent in (("127.0.0.2", "127.0.0.1:8123"), ("127.0.0", "127.0.0.1:8123"),
+                         ("127.0.0.1:8124", "127.0.0.1:8123"), ("127.0.0.1:8123", "127.0.0.1"),
+                         ("127.0.0.1", "127.0.0.1:8123:9"), ("", "127.0.0.1:8123")):
+        assert _reason(verify, *_sign_like(ak, sk, signed_host=signed, sent_host=sent)) == "signature", (signed, sent)
+    # Java: the auth string says T, the signed x-bce-date is T and the sent one T+1 (or all equal)
+    t = time.time()
+    fmt = lambda s: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s))         # noqa: E731
+    java = _sign_like(ak, sk, signed_host="127.0.0.1", auth_ts=fmt(t), signed_date=fmt(t), sent_date=fmt(t + 1))
+    assert verify(*java).account_id == alice.id
+    java = _sign_like(ak, sk, signed_host="127.0.0.1", auth_ts=fmt(t), signed_date=fmt(t + 1), sent_date=fmt(t + 1))
+    assert verify(*java).account_id == alice.id
+    # but not a signed date two seconds off what was sent, nor one sent before the auth string's
+    for signed_d, sent_d in ((fmt(t), fmt(t + 2)), (fmt(t), fmt(t - 1)), (fmt(t + 1), fmt(t))):
+        bad = _sign_like(ak, sk, signed_host="127.0.0.1", auth_ts=fmt(t), signed_date=signed_d, sent_date=sent_d)
+        assert _reason(verify, *bad) == "signature", (signed_d, sent_d)
+    # tampered, wrong key, out of window: refused as ever, port or not
+    path, headers = _sign_like(ak, sk, signed_host="127.0.0.1")
+    assert _reason(verify, path.replace("ngxxol17_1234", "other"), headers) == "signature"
+    assert _reason(verify, *_sign_like(ak, "0" * 32, signed_host="127.0.0.1")) == "signature"
+    assert _reason(verify, *_sign_like(ak, sk, signed_host="127.0.0.1", auth_ts=fmt(t - 400),
+                                       expiration=300)) == "expired"
+
+
 def test_bce_failures(platform, alice):
     iam = platform.credentials.create(alice.id, "qianfan_iam")
     req = _sdk_signed_request(iam.public_id, iam.secret)

@@ -42,17 +42,18 @@ def test_local_workflow(cli, tmp_path):
     listing = cli("keys", "list", "--account", "alice").output
     assert ak in listing and sk not in listing
     assert (tmp_path / "secret.key").exists()
-    r = cli("services", "create", "-a", "alice", "-e", "ngxxol17_1234", "-m", "xl", "-k", "completions")
+    r = cli("services", "create", "-a", "alice", "-e", "test1", "-m", "xl", "-k", "completions")
     assert r.exit_code == 0, r.output
-    assert "ngxxol17_1234" in cli("services", "list").output
+    endpoint = re.search(r"\b[a-z0-9]{8}_test1\b", r.output).group(0)     # the prefixed endpoint
+    assert endpoint in cli("services", "list").output
     assert cli("usage", "--account", "alice", "--days", "3").exit_code == 0
     assert cli("accounts", "disable", "alice").exit_code == 0
     assert "disabled" in cli("accounts", "list").output
     assert cli("accounts", "enable", "alice").exit_code == 0
     cred_id = re.search(r"^│\s*(\d+)\s*│", listing, re.M).group(1)
     assert cli("keys", "revoke", cred_id).exit_code == 0
-    assert cli("services", "delete", "ngxxol17_1234").exit_code == 0
-    assert "ngxxol17_1234" not in cli("services", "list").output
+    assert cli("services", "delete", endpoint).exit_code == 0
+    assert endpoint not in cli("services", "list").output
     # the SQLite file never holds the secret
     data = b"".join(p.read_bytes() for p in tmp_path.glob("wharf.db*"))
     assert sk.encode() not in data
@@ -116,10 +117,11 @@ def test_remote_mode(cli, tmp_path):
             assert r.exit_code == 0 and "Secret access key" in r.output, r.output
             r = cli("services", "create", "-a", "bob", "-e", "svc1", "-m", "xl", *remote)
             assert r.exit_code == 0, r.output
-            assert "svc1" in cli("services", "list", *remote).output
+            endpoint = re.search(r"\b[a-z0-9]{8}_svc1\b", r.output).group(0)
+            assert endpoint in cli("services", "list", *remote).output
             assert "bob" in cli("accounts", "list", *remote).output
             assert cli("usage", *remote).exit_code == 0
-            assert cli("services", "delete", "svc1", *remote).exit_code == 0
+            assert cli("services", "delete", endpoint, *remote).exit_code == 0
             r = cli("accounts", "create", "bob", *remote)
             assert r.exit_code == 1 and "409" in r.output
             r = cli("accounts", "list", "--server", srv.url, "--admin-key", "wk-wrong")

@@ -126,7 +126,7 @@ def test_record_usage_exactly_once_and_summary(platform):
     by_model = {r.key: r.requests for r in u.usage_summary(None, group_by="model")}
     assert by_model == {"xl": 2, "tiny-model": 1}
     by_service = u.usage_summary(a.id, group_by="service")
-    assert {r.key for r in by_service} == {"ep1", "-"}
+    assert {r.key for r in by_service} == {svc.endpoint, "-"}           # the prefixed endpoint
     only_first = u.usage_summary(a.id, since=dt.date(2025, 3, 1), until=dt.date(2025, 3, 1))
     assert len(only_first) == 1 and only_first[0].generated_chars == 20
     recs = u.records(b.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pytest
@@ -25,7 +26,11 @@ TABLES = {"accounts", "credentials", "access_tokens", "services", "usage_records
 def test_migrations_on_empty_database_match_models(store):
     assert TABLES <= set(store.table_names())
     with store.engine.connect() as c:
-        assert c.execute(text("select version_num from alembic_version")).scalar() == "0003"
+        # the newest revision (others chain on; 0004 is the services' url_suffix)
+        from alembic.script import ScriptDirectory
+        from wharf.platform.store import MIGRATIONS_DIR
+        head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+        assert head >= "0004" and c.execute(text("select version_num from alembic_version")).scalar() == head
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
     assert diff == []
 
@@ -211,22 +216,25 @@ def test_services_crud_and_resolve(platform):
     a = platform.accounts.create("alice")
     b = platform.accounts.create("bob")
     svc = platform.services
-    s1 = svc.create(a.id, "ngxxol17_1234", "Yi-34B-Chat", "chat", "my chat", rpm=5)
-    s2 = svc.create(b.id, "lbwxxxd4_test1", "xl", "completions")
-    assert svc.get(s1.id) == s1 and svc.get_by_endpoint("lbwxxxd4_test1") == s2
-    assert [s.endpoint for s in svc.list(a.id)] == ["ngxxol17_1234"]
+    s1 = svc.create(a.id, "test1", "Yi-34B-Chat", "chat", "my chat", rpm=5)
+    s2 = svc.create(b.id, "test1", "xl", "completions")           # both may choose test1
+    for s in (s1, s2):
+        assert re.fullmatch(r"[a-z0-9]{8}_test1", s.endpoint) and s.url_suffix == "test1"
+    assert s1.endpoint != s2.endpoint
+    assert svc.get(s1.id) == s1 and svc.get_by_endpoint(s2.endpoint) == s2
+    assert [s.endpoint for s in svc.list(a.id)] == [s1.endpoint]
     assert len(svc.list()) == 2
-    assert svc.resolve_service(_principal(a), "ngxxol17_1234", "chat") == s1
+    assert svc.resolve_service(_principal(a), s1.endpoint, "chat") == s1
     with pytest.raises(NotFound) as e:
-        svc.resolve_service(_principal(a), "nope", "chat")
+        svc.resolve_service(_principal(a), "test1", "chat")          # the typed part alone is no endpoint
     assert e.value.reason == "service"
     with pytest.raises(PermissionDenied):
-        svc.resolve_service(_principal(a), "lbwxxxd4_test1", "completions")
+        svc.resolve_service(_principal(a), s2.endpoint, "completions")
     with pytest.raises(NotFound) as e:
-        svc.resolve_service(_principal(a), "ngxxol17_1234", "completions")
+        svc.resolve_service(_principal(a), s1.endpoint, "completions")
     assert e.value.reason == "service_kind"
     up = svc.update(s1.id, model="tiny-model", description="d2", rpm=None)
-    assert (up.model, up.description, up.rpm, up.endpoint) == ("tiny-model", "d2", None, "ngxxol17_1234")
+    assert (up.model, up.description, up.rpm, up.endpoint) == ("tiny-model", "d2", None, s1.endpoint)
     assert up.updated_at >= s1.updated_at
     svc.delete(s1.id)
     with pytest.raises(NotFound):
@@ -235,21 +243,54 @@ def test_services_crud_and_resolve(platform):
         svc.delete(s1.id)
 
 
-@pytest.mark.parametrize("endpoint", ["", "UPPER", "a b", "x" * 65, "../etc", "_lead", "a/b", None, "é"])
+@pytest.mark.parametrize("endpoint", ["", "a", "UPPER", "a b", "x" * 21, "../etc", "_lead", "trail-", "a/b",
+                                      "a.b", None, "é", "ab\n", 12])
 def test_service_bad_endpoint(platform, endpoint):
+    """What the user types follows Qianfan CreateService's urlSuffix: 2-20 of a-z 0-9 _ -,
+    a letter or digit first and last."""
     a = platform.accounts.create("alice")
     with pytest.raises(InvalidParam) as e:
         platform.services.create(a.id, endpoint, "xl", "chat")
-    assert e.value.param == "endpoint"
+    assert e.value.param == "endpoint" and "2-20 characters" in e.value.message
     assert platform.services.list() == []
+
+
+@pytest.mark.parametrize("suffix", ["ab", "x" * 20, "my-chat_2", "0a", "a-_-b"])
+def test_service_good_url_suffix(platform, suffix):
+    a = platform.accounts.create("alice")
+    s = platform.services.create(a.id, suffix, "xl", "chat")
+    assert s.endpoint.endswith("_" + suffix) and len(s.endpoint) == 9 + len(suffix)
+
+
+def test_upgrade_from_0003_keeps_endpoints(db_url):
+    """0004: services made before prefixes keep their endpoints as clients call them."""
+    from sqlalchemy import create_engine
+
+    from wharf.platform.store import upgrade
+
+    engine = create_engine(db_url)
+    upgrade(engine, "0003")
+    with engine.begin() as c:
+        c.execute(text("insert into accounts (id, name, status, is_admin, created_at) "
+                       "values (1, 'old', 'active', false, '2026-01-01 00:00:00')"))
+        c.execute(text("insert into services (id, account_id, endpoint, model, kind, description, "
+                       "created_at, updated_at) values (1, 1, 'my.old-endpoint', 'xl', 'chat', '', "
+                       "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+    engine.dispose()
+    s = Store.open(db_url)
+    from wharf.platform.services import Services
+    services = Services(s)
+    old = services.get_by_endpoint("my.old-endpoint")
+    assert (old.id, old.url_suffix) == (1, None)
+    new = services.create(1, "test1", "xl", "chat")
+    assert new.endpoint.endswith("_test1") and new.url_suffix == "test1"
+    s.close()
 
 
 def test_service_bad_input_nothing_written(platform):
     a = platform.accounts.create("alice")
     svc = platform.services
     svc.create(a.id, "taken", "xl", "chat")
-    with pytest.raises(Conflict):
-        svc.create(a.id, "taken", "xl", "completions")
     with pytest.raises(InvalidParam) as e:
         svc.create(a.id, "m1", "no-such-model", "chat")
     assert e.value.param == "model"

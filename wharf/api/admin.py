@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, PermissionDenied,
                           QuotaExceeded, RateLimited, WharfError)
-from wharf.platform import validate
+from wharf.platform import audit, validate
 from wharf.platform.auth import Principal
 
 log = logging.getLogger("wharf.admin")
@@ -62,8 +62,11 @@ class AdminRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def wrapped(request: Request) -> Response:
+            # Every change this call makes is audited as its own (principal() names the caller).
+            op = audit.Operation(source=f"{request.method} {request.url.path}", actor="unauthenticated")
             try:
-                return await handler(request)
+                with audit.acting(op):
+                    return await handler(request)
             except WharfError as e:
                 status = _status(e)
                 msg = e.message if status < 500 else "internal error"
@@ -187,6 +190,7 @@ class ServiceOut(_Out):
     id: int
     account_id: int
     endpoint: str
+    url_suffix: str | None
     model: str
     kind: str
     description: str
@@ -199,7 +203,8 @@ class ServiceOut(_Out):
 class ServiceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     account_id: int | None = None
-    endpoint: str = Field(min_length=1, max_length=64)
+    endpoint: str = Field(description="the API address you choose (Qianfan's urlSuffix, 2-20 of a-z 0-9 _ -); "
+                                      "the service's endpoint is it behind a random prefix, e.g. lbwxxxd4_test1")
     model: str = Field(min_length=1, max_length=128)
     kind: Literal["completions", "chat"]
     description: str = Field("", max_length=1024)
@@ -280,7 +285,11 @@ def principal(request: Request) -> Principal:
     token = header[7:] if header[:7].lower() == "bearer " else header
     if not token.strip():
         raise AuthError("missing admin API key (Authorization: Bearer <key>)", reason="missing")
-    return _platform(request).authenticator.bearer(token.strip())
+    p = _platform(request).authenticator.bearer(token.strip())
+    op = audit.current()
+    if op is not None:
+        op.identify(p)
+    return p
 
 
 def _require_admin(p: Principal) -> None:

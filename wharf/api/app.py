@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import importlib
 import logging
 import re
@@ -21,6 +22,7 @@ from wharf.api.common import bearer_token
 from wharf.api.errors import openai_error
 from wharf.api.path_errors import error_for_path
 from wharf.api.pipeline import Pipeline
+from wharf.api.request_ids import RequestIds
 from wharf.api.throttle import ControlThrottle, control_limits
 from wharf.config import Settings
 from wharf.errors import Overloaded, WharfError
@@ -40,6 +42,10 @@ _OPTIONAL_ROUTERS = [
     ("wharf.api.qianfan", "router"),
     ("wharf.api.welm", "router"),
     ("wharf.api.sensenova", "router"),
+    ("wharf.api.admin_requests", "build_requests_router"),
+    ("wharf.api.admin_keys", "build_keys_router"),
+    ("wharf.api.admin_audit", "build_audit_router"),
+    ("wharf.api.admin_stats", "build_stats_router"),
     ("wharf.console", "build_console_router"),
 ]
 
@@ -111,6 +117,17 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
             except Exception as exc:        # the store may be down for a moment; try again later
                 log.warning("expired-token prune failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
+    async def prune_request_log_forever(every: float, retention) -> None:
+        """Request-log records past their retention out of the store, in small batches."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                n = await asyncio.to_thread(platform.request_log.prune, retention=retention)
+                if n:
+                    log.info("deleted %d request-log record(s) past retention", n)
+            except Exception as exc:        # the store may be down for a moment; try again later
+                log.warning("request-log prune failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         access = logging.getLogger("uvicorn.access")       # configured by now
@@ -122,8 +139,11 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         lexicon_task = asyncio.create_task(refresh_lexicon_forever(lexicon_every)) if lexicon_every > 0 else None
         prune_every = settings.token_prune_interval_s
         prune_task = asyncio.create_task(prune_tokens_forever(prune_every)) if prune_every > 0 else None
+        retention_days, log_every = settings.request_log_retention_days, settings.request_log_prune_interval_s
+        log_task = (asyncio.create_task(prune_request_log_forever(log_every, dt.timedelta(days=retention_days)))
+                    if retention_days > 0 and log_every > 0 else None)
         yield
-        for t in (task, lexicon_task, prune_task):
+        for t in (task, lexicon_task, prune_task, log_task):
             if t is not None:
                 t.cancel()
         limiter.close()
@@ -147,6 +167,7 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
                                        "oauth": control_limits(settings.oauth_token_rpm, 0)},
                        per_ip=control_limits(settings.control_ip_rpm, settings.control_ip_qps),
                        proxy_token=app.state.console_proxy_token)
+    app.add_middleware(RequestIds)       # outermost: every answer, throttled ones too, has X-Request-Id
     app.state.pipeline = Pipeline(registry, platform, limiter, safety, metrics,
                                   timeout_s=settings.request_timeout_s,
                                   # None: no limit, 0: nothing allowed (README "Limits").

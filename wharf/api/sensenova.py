@@ -56,6 +56,7 @@ from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
+from wharf.api.request_ids import name_request
 from wharf.api.sse import event, sse_response
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import WharfError
@@ -156,7 +157,8 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         principal = _auth(request)
     except WharfError as exc:
         return sensenova_error(exc)
-    caller = Caller(principal=principal, dialect="sensenova", connection=request)
+    caller = Caller(principal=principal, dialect="sensenova", connection=request,
+                    request_id=name_request(request, uuid.uuid4().hex))
     try:
         raw = await json_body(request, state.settings.max_body_bytes)
         body = parse_model(body_model, raw)
@@ -173,7 +175,7 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         else dict(prompt=body.prompt)
     gen = GenerationRequest(model=body.model, sampling=sampling, default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
                             **prompt)
-    rid = uuid.uuid4().hex
+    rid = caller.request_id
     try:
         run = await state.pipeline.start(caller, gen)      # records its own refusals
     except ClientGone:

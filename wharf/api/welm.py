@@ -48,6 +48,7 @@ from wharf.api.common import bearer_token, json_body, parse_model
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller
+from wharf.api.request_ids import name_request
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import WharfError
 
@@ -102,7 +103,7 @@ _ERRORS: dict[type, tuple[int, str | None]] = {
 }
 
 
-def welm_error(exc: WharfError, model: str = "") -> Response:
+def welm_error(exc: WharfError, model: str = "", rid: str | None = None) -> Response:
     status, finish = next((_ERRORS[c] for c in type(exc).__mro__ if c in _ERRORS), _ERRORS[E.Internal])
     if isinstance(exc, E.QuotaExceeded):
         return PlainTextResponse("quota limit exceed", status_code=429)
@@ -112,7 +113,7 @@ def welm_error(exc: WharfError, model: str = "") -> Response:
     param = exc.param or ("model" if isinstance(exc, E.NotFound) else None)
     if finish == "error: invalid parameter":
         finish = f"error: invalid parameter {param}: {exc.message}" if param else f"{finish}: {exc.message}"
-    body = {"id": str(uuid.uuid4()), "object": "text_generation", "created": int(time.time()), "model": model,
+    body = {"id": rid or str(uuid.uuid4()), "object": "text_generation", "created": int(time.time()), "model": model,
             "choices": [{"text": "", "index": 0, "logprobs": 0, "finish_reason": finish}],
             "error": {"message": exc.message, "param": param}}
     return JSONResponse(body, status_code=status)
@@ -125,7 +126,8 @@ async def completions(request: Request):
         principal = state.platform.authenticator.bearer(bearer_token(request))
     except WharfError as exc:
         return welm_error(exc)
-    caller = Caller(principal=principal, dialect="welm", connection=request)
+    caller = Caller(principal=principal, dialect="welm", connection=request,
+                    request_id=name_request(request, str(uuid.uuid4())))
     model = ""
     try:
         raw = await json_body(request, state.settings.max_body_bytes)
@@ -135,7 +137,7 @@ async def completions(request: Request):
         if not isinstance(exc, WharfError):
             exc = unexpected(exc)
         state.pipeline.reject(caller, None, exc, model=model)
-        return welm_error(exc, model)
+        return welm_error(exc, model, caller.request_id)
 
     # prompt tokens + max_tokens <= 2048, checked with the model's own window (pipeline).
     gen = GenerationRequest(model=body.model, prompt=body.prompt, sampling=body.sampling(), window=WINDOW)
@@ -144,7 +146,7 @@ async def completions(request: Request):
     except ClientGone:
         return gone_response()
     except WharfError as exc:
-        return welm_error(exc, body.model)
+        return welm_error(exc, body.model, caller.request_id)
 
     texts: list[list[str]] = [[] for _ in range(body.n)]
     finish: list[FinishReason | None] = [None] * body.n
@@ -159,7 +161,7 @@ async def completions(request: Request):
     except ClientGone:
         return gone_response()
     except WharfError as exc:
-        return welm_error(exc, body.model)
+        return welm_error(exc, body.model, caller.request_id)
     echo = body.prompt if body.echo else ""
     choices = []
     for i, t in enumerate(texts):
@@ -167,5 +169,5 @@ async def completions(request: Request):
         # A choice cut by the output check carries no text, as the seed's 200 + error implies.
         text = "" if reason is FinishReason.CONTENT else echo + "".join(t)
         choices.append({"text": text, "index": i, "logprobs": 0, "finish_reason": FINISH[reason]})
-    return JSONResponse({"id": str(uuid.uuid4()), "object": "text_generation", "created": int(time.time()),
+    return JSONResponse({"id": caller.request_id, "object": "text_generation", "created": int(time.time()),
                          "model": body.model, "choices": choices})

@@ -2,7 +2,7 @@
 
 import typer
 
-from wharf.cli import admin, serve
+from wharf.cli import admin, audit, keys_lifecycle, requests, serve  # noqa: F401  (keys_lifecycle adds to `keys`)
 
 app = typer.Typer(help="Wharf: serve open language models behind the APIs people already use.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -15,3 +15,5 @@ def main() -> None:
 
 serve.register(app)
 admin.register(app)
+requests.register(app)
+audit.register(app)

@@ -9,6 +9,7 @@ call a running server's admin API instead.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wharf.errors import WharfError
+from wharf.platform import audit
 
 console = Console()
 err_console = Console(stderr=True)
@@ -212,14 +214,49 @@ def _run(server, admin_key, fn):
     """Open the backend, run fn(backend), turn every expected failure into exit code 1."""
     backend = None
     try:
-        backend = Remote(server, admin_key) if server else Local()
-        return fn(backend)
+        if server:                           # the server audits its admin API calls itself
+            backend = Remote(server, admin_key)
+            return fn(backend)
+        backend = Local()
+        with audit.acting(audit.Operation(source=_command_path(), actor=audit.LOCAL_CLI)):
+            return fn(backend)
     except (WharfError, CliError) as e:
         err_console.print(f"[red]error:[/red] {getattr(e, 'message', None) or e}")
         raise typer.Exit(1) from None
     finally:
         if backend is not None:
             backend.close()
+
+
+def _command_path() -> str:
+    """`wharf keys rotate`: the command, without its arguments (they may name anything)."""
+    try:                                  # typer >= 0.20 runs on its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+
+    names = []
+    ctx = get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:   # the root's name is how it was started
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["wharf", *reversed(names)])
+
+
+def jsonable(row: dict) -> dict:
+    """A record for --json: datetimes as ISO 8601 text."""
+    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+
+
+def print_page(title: str, page: dict, cols: list[str], as_json: bool) -> None:
+    """A keyset page ({"data", "next_cursor"}) as one JSON line, or as a table and the
+    option that fetches the next page."""
+    if as_json:
+        print(json.dumps(page, ensure_ascii=False))
+        return
+    _table(title, page["data"], cols)
+    if page["next_cursor"]:
+        console.print(f"more: --cursor {page['next_cursor']}", highlight=False)
 
 
 def _table(title: str, rows: list[dict], cols: list[str]) -> None:
@@ -398,7 +435,9 @@ SERVICE_COLS = ["id", "account_id", "endpoint", "kind", "model", "description", 
 
 @services_app.command("create")
 def services_create(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
-                    endpoint: Annotated[str, typer.Option("--endpoint", "-e", help="The API address, e.g. ngxxol17_1234")]
+                    endpoint: Annotated[str, typer.Option(
+                        "--endpoint", "-e", help="The API address you choose, e.g. test1; the endpoint to call "
+                                                 "is it behind a random prefix, e.g. lbwxxxd4_test1")]
                     = ...,
                     model: Annotated[str, typer.Option("--model", "-m")] = ...,
                     kind: Annotated[str, typer.Option("--kind", "-k", help="completions | chat")] = "chat",

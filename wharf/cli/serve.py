@@ -39,7 +39,7 @@ def load_models(settings: Settings):
     if settings.backend not in ("torch", "vllm"):
         raise typer.BadParameter(f"unknown backend {settings.backend!r}: torch, vllm or upstream",
                                  param_hint="--backend")
-    from wharf.engine.backends.int8 import QUANTIZE
+    from wharf.engine.backends.linear import QUANTIZE
     from wharf.engine.registry import (ModelSpec, default_spec, keep_this_thread_single_threaded, load_registry,
                                       load_vllm_registry)
 
@@ -125,7 +125,8 @@ def register(app: typer.Typer) -> None:
         no_default_model: Annotated[bool, typer.Option(help="Do not load the embedded SmolLM2.")] = False,
         dtype: Annotated[Optional[str], typer.Option(help="bfloat16 or float32.")] = None,
         quantize: Annotated[Optional[str], typer.Option(
-            help="none (exact, default) or int8 (int8 weight matmuls: 2-3x faster on CPU, near-exact).")] = None,
+            help="none (exact, default), int8 (int8 weight matmuls: 2-3x faster on CPU, near-exact) or int4 "
+                 "(the GGUF's own 4-bit groups: fastest for a few streams).")] = None,
         data_dir: Annotated[Optional[Path], typer.Option(help="Where the database and caches live.")] = None,
         database_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL (default: SQLite).")] = None,
         redis_url: Annotated[Optional[str], typer.Option(help="Share rate limits through Redis.")] = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -76,6 +77,9 @@ class Principal:
     credential_tpm: int | None = None
     credential_qps: int | None = None
     credential_max_concurrency: int | None = None
+    # What the credential may reach (wharf/platform/key_scope.py); None: anything.
+    allowed_models: tuple[str, ...] | None = None
+    allowed_services: tuple[int, ...] | None = None
 
 
 # Per-request lookups, built once (Core, not the ORM: they run on every request).
@@ -102,11 +106,15 @@ def _principal(c, a) -> Principal:
         raise AuthError("credential has been revoked", reason="revoked")
     if a.status != "active":
         raise AuthError("account is disabled", reason="disabled")
+    if c.expires_at is not None and c.expires_at <= utcnow():    # expired, or a rotation's grace over
+        raise AuthError("credential has expired", reason="expired")
     return Principal(account_id=a.id, account_name=a.name, is_admin=a.is_admin, credential_id=c.id,
                      credential_kind=c.kind, account_rpm=a.rpm, account_tpm=a.tpm, account_qps=a.qps,
                      account_max_concurrency=a.max_concurrency, quota_chars_per_day=a.quota_chars_per_day,
                      quota_tokens_per_day=a.quota_tokens_per_day, credential_rpm=c.rpm,
-                     credential_tpm=c.tpm, credential_qps=c.qps, credential_max_concurrency=c.max_concurrency)
+                     credential_tpm=c.tpm, credential_qps=c.qps, credential_max_concurrency=c.max_concurrency,
+                     allowed_models=None if c.allowed_models is None else tuple(json.loads(c.allowed_models)),
+                     allowed_services=None if c.allowed_services is None else tuple(json.loads(c.allowed_services)))
 
 
 # -- BCE v1 helpers (also used by tests and by anyone who wants to sign) -----------
@@ -144,6 +152,39 @@ def bce_canonical_request(method: str, path: str, query_params: Iterable[tuple[s
 def bce_sign(sk: str, auth_prefix: str, canonical_request: str) -> str:
     signing_key = hmac.new(sk.encode(), auth_prefix.encode(), hashlib.sha256).hexdigest()
     return hmac.new(signing_key.encode(), canonical_request.encode(), hashlib.sha256).hexdigest()
+
+
+def _host_without_port(host: str) -> str | None:
+    """`127.0.0.1:8080` -> `127.0.0.1`, `[::1]:8080` -> `[::1]`; None when there is no port."""
+    name, sep, port = host.rpartition(":")
+    if sep and port.isascii() and port.isdigit() and name and (":" not in name or name.endswith("]")):
+        return name
+    return None
+
+
+def _signed_value_variants(lower: dict, ts: str, t0: dt.datetime, t1: dt.datetime | None) -> list[dict]:
+    """The header values a real client may have signed, as sent first. The Java and Go SDKs
+    sign `host` without its port (URI.getHost(), url.Hostname()) while the Host they send
+    has it; the Java SDK reads the clock once for the auth string, again for the x-bce-date
+    it signs and again for the one it sends, so the signed date may be the auth string's
+    when the sent one is a second later. Nothing looser: only those two substitutions."""
+    hosts = [lower.get("host")]
+    stripped = _host_without_port(str(hosts[0]).strip()) if hosts[0] is not None else None
+    if stripped is not None:
+        hosts.append(stripped)
+    dates = [lower.get("x-bce-date")]
+    if t1 is not None and 0 < (t1 - t0).total_seconds() <= 1:
+        dates.append(ts)
+    out = []
+    for host in hosts:
+        for date in dates:
+            values = dict(lower)
+            if host is not None:
+                values["host"] = host
+            if date is not None:
+                values["x-bce-date"] = date
+            out.append(values)
+    return out
 
 
 class Authenticator:
@@ -256,7 +297,7 @@ class Authenticator:
         if expiration <= 0 or now > t0 + dt.timedelta(seconds=expiration):
             raise AuthError("signature expired", reason="expired")
         lower = {k.strip().lower(): v for k, v in headers.items()}
-        x_date = lower.get("x-bce-date")
+        x_date, t1 = lower.get("x-bce-date"), None
         if x_date is not None:      # the SDKs send the same instant (give or take a second)
             x_date = str(x_date).strip()
             try:
@@ -287,11 +328,12 @@ class Authenticator:
         prefix = f"bce-auth-v1/{ak}/{ts}/{exp_s}"
         encodings = (True, False) if uri_encode(path, keep_slash=True) != path else (True,)
         ok = False
-        for hs in header_sets:
-            for enc in encodings:
-                expect = bce_sign(sk, prefix, bce_canonical_request(method, path, query, lower, hs,
-                                                                   encode_path=enc))
-                ok |= hmac.compare_digest(expect.encode(), signature.lower().encode())
+        for values in _signed_value_variants(lower, ts, t0, t1):
+            for hs in header_sets:
+                for enc in encodings:
+                    expect = bce_sign(sk, prefix, bce_canonical_request(method, path, query, values, hs,
+                                                                       encode_path=enc))
+                    ok |= hmac.compare_digest(expect.encode(), signature.lower().encode())
         if not ok:
             raise AuthError("signature does not match", reason="signature")
         return self._ok(c, a)

@@ -7,13 +7,17 @@ import os
 from collections.abc import Callable
 
 from wharf.platform.accounts import Accounts, ensure_admin
+from wharf.platform.audit import AuditLog
 from wharf.platform.auth import Authenticator
 from wharf.platform.console_sessions import ConsoleSessions
 from wharf.platform.credentials import Credentials
+from wharf.platform.key_scope import KeyScopes
 from wharf.platform.lexicon_store import LexiconStore
 from wharf.platform.private_files import private_dir
 from wharf.platform.quota import DEFAULT_TZ, QuotaBook
+from wharf.platform.request_log import RequestLog
 from wharf.platform.secretbox import SecretBox
+from wharf.platform.service_stats import ServiceStats
 from wharf.platform.services import Services
 from wharf.platform.store import Store
 from wharf.platform.tenancy import DEFAULT_MAX_CREDENTIALS_PER_ACCOUNT, DEFAULT_MAX_SERVICES_PER_ACCOUNT
@@ -38,7 +42,11 @@ class Platform:
         self.authenticator = Authenticator(store, secret_box, credentials=self.credentials, **auth_kw)
         self.quota = QuotaBook(store, tz, default_chars=default_quota[0], default_tokens=default_quota[1])
         self.usage = UsageLog(store, tz)
+        self.request_log = RequestLog(store)     # the same rows as usage, by request
+        self.service_stats = ServiceStats(store)  # the same rows again, per service and day
+        self.key_scopes = KeyScopes(store, self.credentials)
         self.lexicon = LexiconStore(store)
+        self.audit = AuditLog(store)             # written by the changes themselves (audit.py)
         self.console_sessions = ConsoleSessions(store, secret_box)
 
     @classmethod

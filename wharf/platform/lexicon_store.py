@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from wharf.platform import audit
 from wharf.platform.models import SafetyLexicon, utcnow
 from wharf.platform.safety import SafetyPolicy
 from wharf.platform.store import Store
@@ -61,11 +62,16 @@ class LexiconStore:
         """Store `terms` as the whole lexicon, with the next version."""
         terms = list(terms)
         with self.store.write_conn() as conn:
+            before = conn.execute(_READ).first()
             conn.execute(self._ensure_row.values(updated_at=utcnow()))
             version = conn.execute(update(_T).where(_T.c.id == ROW_ID)
                                    .values(version=_T.c.version + 1, terms_json=_dump(terms),
                                            updated_at=utcnow())
                                    .returning(_T.c.version)).scalar_one()
+            old = None if before is None else _row(before)
+            was, now = audit.lexicon_change(old and old.terms, old and old.version, terms, int(version))
+            audit.record(conn, object_type="lexicon", object_id=None, account_id=None, action="update",
+                         before=was, after=now)
         return StoredLexicon(int(version), terms)
 
     def seed(self, terms: Iterable[str]) -> StoredLexicon:

@@ -93,6 +93,11 @@ class Credential(Base):
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     qps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Lifecycle (wharf/platform/key_scope.py): refused from expires_at on (a rotated key's
+    # grace ends there); allow-lists as JSON lists of model names / service ids, NULL: any.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    allowed_models: Mapped[str | None] = mapped_column(Text, nullable=True)
+    allowed_services: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AccessToken(Base):
@@ -114,6 +119,8 @@ class Service(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     endpoint: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the user typed; endpoint = random tag + "_" + it. NULL: made before prefixes (0004).
+    url_suffix: Mapped[str | None] = mapped_column(String(20), nullable=True)
     model: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))   # completions | chat
     description: Mapped[str] = mapped_column(String(1024), default="")
@@ -125,7 +132,13 @@ class Service(Base):
 
 class UsageRecord(Base):
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_records_account_day", "account_id", "day"),)
+    # The request log's filters (wharf/platform/request_log.py) walk one of these newest
+    # first: every list is ordered by (created_at, id), the keyset cursor.
+    __table_args__ = (Index("ix_usage_records_account_day", "account_id", "day"),
+                      Index("ix_usage_records_created", "created_at", "id"),
+                      Index("ix_usage_records_account_created", "account_id", "created_at", "id"),
+                      Index("ix_usage_records_credential_created", "credential_id", "created_at", "id"),
+                      Index("ix_usage_records_service_created", "service_id", "created_at", "id"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
@@ -198,3 +211,26 @@ class SafetyLexicon(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     terms_json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """One change made through the admin API or the CLI (wharf/platform/audit.py). No
+    foreign keys: the log outlives what it names. before/after: JSON of the changed
+    columns, never a secret."""
+
+    __tablename__ = "audit_log"
+    # Lists are newest first by id: everyone's (the primary key), or one account's.
+    __table_args__ = (Index("ix_audit_log_account", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(16))           # credential | local CLI
+    actor_account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor_credential_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source: Mapped[str] = mapped_column(String(256))         # the API call or CLI command
+    object_type: Mapped[str] = mapped_column(String(16))     # account | credential | service | lexicon
+    object_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)   # the object's account
+    action: Mapped[str] = mapped_column(String(16))          # create | update | delete
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from wharf.errors import NotFound, PermissionDenied, RateLimited
@@ -161,11 +161,13 @@ def apply_ceilings(s: Session, account: Account, changed: Mapping[str, int | Non
                 continue
             ceiling = changed[col]
             column = getattr(model, f)
-            q = update(model).where(model.account_id == account.id,
-                                    or_(column.is_(None), column > ceiling)).values({f: ceiling})
+            q = select(model).where(model.account_id == account.id, or_(column.is_(None), column > ceiling))
             if model is Credential:
                 q = q.where(Credential.revoked_at.is_(None))
-            s.execute(q.execution_options(synchronize_session=False))
+            # Row by row, not one bulk UPDATE: each lowered limit is a change the audit
+            # log sees (an account holds a few dozen credentials and services at most).
+            for row in s.scalars(q):
+                setattr(row, f, ceiling)
 
 
 # -- limits at request time ------------------------------------------------------------

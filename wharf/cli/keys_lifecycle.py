@@ -1,0 +1,84 @@
+"""`wharf keys scope|rotate`: a credential's expiry, allow-lists and rotation
+(wharf/platform/key_scope.py), on the local store or a server (--server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated
+
+import typer
+
+from wharf.cli.admin import SECRET_NAMES, AdminKey, Local, Server, _run, console, keys_app
+
+
+def _out(data: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, default=str, ensure_ascii=False))
+        return
+    for k, v in data.items():
+        console.print(f"{k:>16}: {'' if v is None else v}", highlight=False)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in d.items()}
+
+
+@keys_app.command("scope")
+def keys_scope(credential_id: int,
+               expires_at: Annotated[str | None, typer.Option("--expires-at", help="ISO 8601 time (UTC without "
+                                                              "an offset); 'never' clears it.")] = None,
+               models: Annotated[str | None, typer.Option("--models", help="Comma-separated model names; "
+                                                          "'any' clears the list.")] = None,
+               services: Annotated[str | None, typer.Option("--services", help="Comma-separated service ids; "
+                                                            "'any' clears the list.")] = None,
+               as_json: Annotated[bool, typer.Option("--json")] = False,
+               server: Server = None, admin_key: AdminKey = None):
+    """Show a credential's expiry and allow-lists, or set them (only what is given changes)."""
+    fields: dict = {}
+    try:
+        if expires_at is not None:
+            t = None if expires_at == "never" else dt.datetime.fromisoformat(expires_at)
+            fields["expires_at"] = t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        if models is not None:
+            fields["allowed_models"] = None if models == "any" else [m.strip() for m in models.split(",") if m.strip()]
+        if services is not None:
+            fields["allowed_services"] = None if services == "any" else [int(x) for x in services.split(",") if x.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+    def go(b):
+        if isinstance(b, Local):
+            scopes = b.p.key_scopes
+            return _jsonable((scopes.set(credential_id, **fields) if fields else scopes.get(credential_id)).to_dict())
+        if not fields:
+            return b._call("GET", f"/credentials/{credential_id}/scope")
+        return b._call("PATCH", f"/credentials/{credential_id}/scope", json=_jsonable(fields))
+    _out(_run(server, admin_key, go), as_json)
+
+
+@keys_app.command("rotate")
+def keys_rotate(credential_id: int,
+                grace: Annotated[int, typer.Option("--grace", min=0, max=365 * 86400,
+                                                   help="Seconds the old secret keeps working.")] = 86400,
+                as_json: Annotated[bool, typer.Option("--json")] = False,
+                server: Server = None, admin_key: AdminKey = None):
+    """A new secret for a credential; the old one works for --grace seconds more."""
+    def go(b):
+        if isinstance(b, Local):
+            issued = b.p.key_scopes.rotate(credential_id, grace=dt.timedelta(seconds=grace))
+            return {**_jsonable({**issued.to_dict(), "credential": _jsonable(issued.to_dict()["credential"])}),
+                    "old": _jsonable(b.p.key_scopes.get(credential_id).to_dict())}
+        return b._call("POST", f"/credentials/{credential_id}/rotate", json={"grace_s": grace})
+    out = _run(server, admin_key, go)
+    if as_json:
+        print(json.dumps(out, default=str, ensure_ascii=False))
+        return
+    cred = out["credential"]
+    console.print(f"credential {cred['id']} ({cred['kind']}) replaces {credential_id}, "
+                  f"which works until {out['old']['expires_at']}", highlight=False)
+    for title, key in SECRET_NAMES[cred["kind"]]:
+        console.print(f"  {title}: {out[key]}", soft_wrap=True, highlight=False)
+    console.print("[yellow]Store the secret now: it cannot be shown again.[/yellow]")
+
+
