@@ -12,7 +12,8 @@ import datetime as dt
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from wharf.api.admin import AdminRoute, IssuedCredentialOut, _owned, _platform, _require_admin, principal
+from wharf.api.admin import (AdminRoute, IssuedCredentialOut, _owned, _platform, _require_admin, _target_account,
+                             principal)
 from wharf.platform.auth import Principal
 from wharf.platform.key_scope import MAX_LIST
 
@@ -44,6 +45,14 @@ class RotatedOut(IssuedCredentialOut):
 def build_keys_router() -> APIRouter:
     r = APIRouter(prefix="/admin/api", tags=["admin"], route_class=AdminRoute)
     P = Depends(principal)
+
+    # Not /credentials/scopes: the admin router's /credentials/{credential_id} comes first.
+    @r.get("/credential-scopes", response_model=list[ScopeOut])
+    def list_scopes(request: Request, account_id: int | None = None, all: bool = False, p: Principal = P):
+        """Every credential's scope, of the caller's account (an admin: one account's with
+        ?account_id=, everyone's with ?all=true), for a list of keys in one call."""
+        target = None if (all and p.is_admin and account_id is None) else _target_account(p, account_id)
+        return [s.to_dict() for s in _platform(request).key_scopes.list(target)]
 
     @r.get("/credentials/{credential_id}/scope", response_model=ScopeOut)
     def get_scope(credential_id: int, request: Request, p: Principal = P):

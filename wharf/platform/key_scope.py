@@ -19,6 +19,8 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass
 
+from sqlalchemy import select
+
 from wharf.errors import InvalidParam, NotFound, PermissionDenied
 from wharf.platform.credentials import LIMIT_FIELDS, Credentials, IssuedCredential
 from wharf.platform.models import Credential, utcnow
@@ -93,6 +95,15 @@ class KeyScopes:
     def get(self, credential_id: int) -> KeyScope:
         with self.store.read() as s:
             return KeyScope.of(self._row(s, credential_id))
+
+    def list(self, account_id: int | None = None) -> list[KeyScope]:
+        """Every credential's scope, oldest first (one account's, or everyone's with None):
+        one query where a list of keys shows its expiry and allow-lists."""
+        q = select(Credential).order_by(Credential.id)
+        if account_id is not None:
+            q = q.where(Credential.account_id == account_id)
+        with self.store.read() as s:
+            return [KeyScope.of(c) for c in s.scalars(q)]
 
     def set(self, credential_id: int, **fields) -> KeyScope:
         """Set any of expires_at, allowed_models, allowed_services (None clears one)."""
