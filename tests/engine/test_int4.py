@@ -1,4 +1,4 @@
-"""The int4 mode (wharf/engine/backends/int4.py): that its 4-bit groups are the GGUF's
+"""The int4 mode (wharf/engine/runners/int4.py): that its 4-bit groups are the GGUF's
 own Q4_1 values, that both of its matmul paths compute them, how close the model stays
 to float32, and that an engine serves with it."""
 
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from tests.engine.conftest import make_engine, mixed_batch
 from tests.engine.test_int8 import HELD_OUT, _next_token_logits
-from wharf.engine.backends import int4
-from wharf.engine.backends.linear import compute_dtype, make_linear
-from wharf.engine.backends.torch_llama import LlamaRunner
+from wharf.engine.runners import int4
+from wharf.engine.runners.linear import compute_dtype, make_linear
+from wharf.engine.runners.torch_llama import LlamaRunner
 
 
 def test_groups_are_the_gguf_q4_1_values(hf_model):

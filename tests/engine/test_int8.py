@@ -1,4 +1,4 @@
-"""The int8 runner (wharf/engine/backends/int8.py): how close it stays to the float model,
+"""The int8 runner (wharf/engine/runners/int8.py): how close it stays to the float model,
 that it serves a mixed batch like the float one, and its refusals."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.engine.conftest import complete, make_engine, mixed_batch, run_async
-from wharf.engine.backends import int8
-from wharf.engine.backends.torch_llama import LlamaRunner
+from wharf.engine.runners import int8
+from wharf.engine.runners.torch_llama import LlamaRunner
 from wharf.engine.types import GenerationRequest, SamplingParams
 
 # Not the calibration texts: agreement is measured on text the smoothing never saw.

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wharf.engine.backends.base import Fill
-from wharf.engine.backends.torch_llama import LlamaRunner, kv_bytes_per_token
+from wharf.engine.runners.base import Fill
+from wharf.engine.runners.torch_llama import LlamaRunner, kv_bytes_per_token
 
 from tests.engine.conftest import make_engine
 

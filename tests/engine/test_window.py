@@ -1,11 +1,11 @@
-"""The one window rule (engine.fit_request): the model's window or the API's smaller one,
+"""The one window rule (prompt.fit_request): the model's window or the API's smaller one,
 and an API's default output cap when the caller asks for no length."""
 
 from __future__ import annotations
 
 import pytest
 
-from wharf.engine.engine import fit_request
+from wharf.engine.prompt import fit_request
 from wharf.engine.types import GenerationRequest, SamplingParams
 from wharf.errors import ContextLengthExceeded, InvalidParam
 

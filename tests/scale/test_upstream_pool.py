@@ -29,8 +29,8 @@ from cryptography.fernet import Fernet
 from tests.conftest import MODEL, restart_server
 from tests.scale.test_upstream import PROMPT, QF, _tokenizer_dir
 from wharf.config import Settings
-from wharf.engine.backends import upstream_pool
-from wharf.engine.backends.upstream_pool import UpstreamModel, UpstreamPool
+from wharf.engine.external import upstream_pool
+from wharf.engine.external.upstream_pool import UpstreamModel, UpstreamPool
 
 
 # -- the pool's choice logic, no HTTP ---------------------------------------------------

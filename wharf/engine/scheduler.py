@@ -32,11 +32,11 @@ import time
 
 import torch
 
-from wharf.engine.backends.base import Fill, ModelRunner
 from wharf.engine.fair_share import fair_shares
 from wharf.engine.output import OutputProcessor
 from wharf.engine.penalties import PenaltyState
 from wharf.engine.prefix_cache import PrefixCache
+from wharf.engine.runners.base import Fill, ModelRunner
 from wharf.engine.sampling import sample
 from wharf.engine.sequence import Group, Sequence
 from wharf.engine.types import EngineStats, FinishReason

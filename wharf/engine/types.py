@@ -135,7 +135,7 @@ class ModelInfo:
     context_length: int
     dtype: str
     aliases: list[str] = field(default_factory=list)
-    quantize: str = "none"    # "int8": int8 weight matmuls (wharf/engine/backends/int8.py)
+    quantize: str = "none"    # "int8": int8 weight matmuls (wharf/engine/runners/int8.py)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from wharf.engine.backends.base import Fill
+from wharf.engine.runners.base import Fill
 
 
 class GenericRunner:

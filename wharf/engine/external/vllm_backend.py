@@ -76,10 +76,22 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from wharf.engine.engine import PreparedRequest, fit_request, render_with_tools, tokenize_bounded
 from wharf.engine.meter import TokenMeter
-from wharf.engine.types import (Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, StructuredOutput,
-                               TokenLogprob)
+from wharf.engine.prompt import (
+    PreparedRequest,
+    prepare_prompt,
+    render_with_tools,
+    tokenize_bounded,
+)
+from wharf.engine.types import (
+    Chunk,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    StructuredOutput,
+    TokenLogprob,
+)
 from wharf.errors import Internal, InvalidParam, Overloaded, Timeout
 
 FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED,
@@ -355,7 +367,7 @@ def wharf_error(exc: BaseException, structured: StructuredOutput | None = None) 
 
 
 class VllmEngine:
-    """The Engine interface over one vLLM async engine."""
+    """The Engine interface (wharf/engine/interface.py) over one vLLM async engine."""
 
     def __init__(self, llm, tokenizer, info: ModelInfo, *, sampling_cls, delta_kind, max_queue: int = 0,
                  max_batch: int = 0, vllm_stats: dict | None = None):
@@ -384,18 +396,7 @@ class VllmEngine:
         return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        if request.messages is not None:
-            text, param = self.render_chat(request.messages, request.tools), "messages"
-            ids = self.tokenize(text, special=False)
-        else:
-            text, param = request.prompt or "", "prompt"
-            ids = self.tokenize(text)
-        if not ids:
-            start = self.tokenizer.bos_token_id
-            ids = [start if start is not None else self.tokenizer.eos_token_id]
-        max_tokens, clamped = fit_request(request, len(ids), self.context_length, param)
-        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
-                               clamped=clamped)
+        return prepare_prompt(request, self.tokenizer, self.context_length)
 
     def sampling_params(self, prepared: PreparedRequest):
         """vLLM's SamplingParams; raises InvalidParam for what vLLM rejects."""
@@ -430,7 +431,7 @@ class VllmEngine:
         if self.max_queue and self.running + n > self.info_max_batch + self.max_queue:
             raise Overloaded("the engine's queue is full; retry shortly")
         params = self.sampling_params(prepared)
-        prompt_tokens = len(prepared.prompt_ids)
+        prompt_tokens = prepared.prompt_tokens
         produced = [0] * n
         finished = [False] * n
         # Tokens (and their logprobs) that brought no text yet, e.g. half a UTF-8 character:

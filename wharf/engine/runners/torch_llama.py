@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wharf.engine.backends.base import Fill
-from wharf.engine.backends.int8 import smoothing
-from wharf.engine.backends.linear import check, compute_dtype, make_linear
+from wharf.engine.runners.base import Fill
+from wharf.engine.runners.int8 import smoothing
+from wharf.engine.runners.linear import check, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 

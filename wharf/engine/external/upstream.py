@@ -24,19 +24,38 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 
-from wharf.engine.engine import PreparedRequest, fit_request, render_with_tools, tokenize_bounded
-from wharf.engine.backends.upstream_pool import UpstreamModel, UpstreamPool, model_cards
-from wharf.engine.backends.upstream_pool import auth_headers as _headers
 from wharf.engine import tool_calls
+from wharf.engine.external.upstream_pool import UpstreamModel, UpstreamPool, model_cards
+from wharf.engine.external.upstream_pool import auth_headers as _headers
 from wharf.engine.meter import TokenMeter
-from wharf.engine.types import Chunk, EngineStats, FinishReason, GenerationRequest, ModelInfo, TokenLogprob
-from wharf.errors import ContextLengthExceeded, Internal, InvalidParam, NotFound, Overloaded, Timeout, WharfError
+from wharf.engine.prompt import (
+    PreparedRequest,
+    prepare_prompt,
+    render_with_tools,
+    tokenize_bounded,
+)
+from wharf.engine.types import (
+    Chunk,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+)
+from wharf.errors import (
+    ContextLengthExceeded,
+    Internal,
+    InvalidParam,
+    NotFound,
+    Overloaded,
+    Timeout,
+    WharfError,
+)
 
 log = logging.getLogger("wharf.upstream")
 
@@ -45,13 +64,6 @@ FINISH = {"stop": FinishReason.STOP, "eos": FinishReason.STOP, "stop_sequence": 
           "content_filter": FinishReason.CONTENT, "abort": FinishReason.CANCELLED,
           "cancelled": FinishReason.CANCELLED, "error": FinishReason.ERROR,
           "tool_calls": FinishReason.STOP, "function_call": FinishReason.STOP}
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count for a tokenizer we do not have: ~4 ASCII characters per token,
-    one token per other character (CJK text is close to that)."""
-    ascii_chars = len(text.encode("ascii", "ignore"))      # C speed: prompts may be megabytes
-    return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 
 class UpstreamUnavailable(Overloaded):
@@ -157,7 +169,7 @@ def load_tokenizer(name_or_path: str | None):
 
 
 class UpstreamEngine:
-    """The Engine interface (wharf.engine.engine.Engine) over remote OpenAI-compatible
+    """The Engine interface (wharf/engine/interface.py) over remote OpenAI-compatible
     APIs: one model, served by one or more replicas of `pool` (shared by all models)."""
 
     def __init__(self, pool: UpstreamPool, upstream_model: str, info: ModelInfo, *, tokenizer=None,
@@ -182,27 +194,14 @@ class UpstreamEngine:
         return render_with_tools(self.tokenizer, messages, tools)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        """Exact ids with a tokenizer; otherwise placeholder ids, as many as estimated."""
-        if self.tokenizer is not None:
-            return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
-        return [0] * estimate_tokens(text)
+        if self.tokenizer is None:
+            raise InvalidParam("this model has no local tokenizer (an upstream engine without one; "
+                               "set WHARF_UPSTREAM_TOKENIZER)", param="model")
+        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        if request.messages is not None:
-            text = self.render_chat(request.messages, request.tools)
-            if self.tokenizer is not None:
-                n = len(self.tokenize(text, special=False))
-            else:   # the upstream renders its own template: a few tokens per message on top
-                n = sum(estimate_tokens(str(m.get("content", ""))) + 4 for m in request.messages) + 3
-            ids, param = [0] * n if self.tokenizer is None else self.tokenize(text, special=False), "messages"
-        else:
-            text = request.prompt or ""
-            ids, param = self.tokenize(text), "prompt"
-        ids = ids or [0]
-        max_tokens, clamped = fit_request(request, len(ids), self.context_length, param,
-                                          exact=self.tokenizer is not None)
-        return PreparedRequest(request=request, prompt_ids=ids, prompt_text=text, max_tokens=max_tokens,
-                               clamped=clamped)
+        """Exact counts with a local tokenizer; estimated ones without (prompt.prepare_prompt)."""
+        return prepare_prompt(request, self.tokenizer, self.context_length)
 
     def body(self, prepared: PreparedRequest) -> tuple[str, dict]:
         """The upstream path and JSON body for a prepared request."""
@@ -301,7 +300,7 @@ class UpstreamEngine:
         n = req.sampling.n
         path, body = self.body(prepared)
         chat = req.messages is not None
-        prompt_tokens = len(prepared.prompt_ids)
+        prompt_tokens = prepared.prompt_tokens
         counted = [0] * n                       # content deltas seen per choice
         held: dict[int, Chunk] = {}             # finish chunks, held until usage arrives
 

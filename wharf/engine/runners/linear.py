@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from wharf.engine.backends import int4, int8
+from wharf.engine.runners import int4, int8
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
