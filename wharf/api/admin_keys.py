@@ -1,8 +1,8 @@
 """Admin API: a credential's lifecycle (/admin/api/credentials/{id}/scope and /rotate).
 
 Same auth and error shape as wharf/api/admin.py. The owner of a credential may read its
-scope and rotate it; only an admin may change its expiry or allow-lists (a tenant that
-could lift them would make them pointless).
+scope, its quota and rotate it; only an admin may change its expiry, allow-lists or
+daily quota (a tenant that could lift them would make them pointless).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from wharf.api.admin import (AdminRoute, IssuedCredentialOut, _owned, _platform, _require_admin, _target_account,
                              principal)
 from wharf.platform.auth import Principal
-from wharf.platform.key_scope import MAX_LIST
+from wharf.platform.key_scope import MAX_LIST, MAX_QUOTA
+
+_QUOTA = "on top of the account's; null: none of its own; 0: nothing allowed; n: at most n"
 
 
 class ScopeOut(BaseModel):
@@ -23,6 +25,20 @@ class ScopeOut(BaseModel):
     expires_at: dt.datetime | None
     allowed_models: list[str] | None
     allowed_services: list[int] | None
+    quota_chars_per_day: int | None = None
+    quota_tokens_per_day: int | None = None
+
+
+class CredentialQuotaOut(BaseModel):
+    """Today's counters the credential counts on (its rotation line's) and its own limits."""
+    credential_id: int
+    day: dt.date
+    chars_limit: int | None
+    tokens_limit: int | None
+    chars_used: int
+    tokens_used: int
+    chars_reserved: int
+    tokens_reserved: int
 
 
 class ScopeIn(BaseModel):
@@ -31,6 +47,9 @@ class ScopeIn(BaseModel):
     expires_at: dt.datetime | None = Field(None, description="refused from then on; UTC if no offset")
     allowed_models: list[str] | None = Field(None, max_length=MAX_LIST)
     allowed_services: list[int] | None = Field(None, max_length=MAX_LIST)
+    quota_chars_per_day: int | None = Field(None, ge=0, le=MAX_QUOTA,
+                                            description="generated characters a day, " + _QUOTA)
+    quota_tokens_per_day: int | None = Field(None, ge=0, le=MAX_QUOTA, description="tokens a day, " + _QUOTA)
 
 
 class RotateIn(BaseModel):
@@ -66,6 +85,12 @@ def build_keys_router() -> APIRouter:
         _owned(p, plat.credentials.get(credential_id), "credential")     # 404 before 403: ids leak nothing
         _require_admin(p)
         return plat.key_scopes.set(credential_id, **body.model_dump(exclude_unset=True)).to_dict()
+
+    @r.get("/credentials/{credential_id}/quota", response_model=CredentialQuotaOut)
+    def get_quota(credential_id: int, request: Request, p: Principal = P):
+        plat = _platform(request)
+        _owned(p, plat.credentials.get(credential_id), "credential")
+        return plat.quota.credential_status(credential_id).to_dict()
 
     @r.post("/credentials/{credential_id}/rotate", response_model=RotatedOut, status_code=201)
     def rotate(credential_id: int, body: RotateIn, request: Request, p: Principal = P):

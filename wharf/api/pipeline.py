@@ -344,8 +344,10 @@ class Pipeline:
                 # Worst case in tokens; characters start at one per token (right for
                 # Chinese) and the reservation grows atomically if the answer needs more
                 # (Run._make_room), so a character quota is never overspent.
+                # The account's and the credential's quotas at once: the tighter one refuses.
                 self.platform.quota.reserve(caller.principal.account_id, request.request_id,
-                                            chars=worst_tokens, tokens=prepared.prompt_tokens + worst_tokens)
+                                            chars=worst_tokens, tokens=prepared.prompt_tokens + worst_tokens,
+                                            credential_id=caller.principal.credential_id)
             except BaseException:
                 lease.release()
                 raise

@@ -1,5 +1,5 @@
-"""`wharf keys scope|rotate`: a credential's expiry, allow-lists and rotation
-(wharf/platform/key_scope.py), on the local store or a server (--server)."""
+"""`wharf keys scope|quota|rotate`: a credential's expiry, allow-lists, own daily quota and
+rotation (wharf/platform/key_scope.py, quota.py), on the local store or a server (--server)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _out(data: dict, as_json: bool) -> None:
         print(json.dumps(data, default=str, ensure_ascii=False))
         return
     for k, v in data.items():
-        console.print(f"{k:>16}: {'' if v is None else v}", highlight=False)
+        console.print(f"{k:>20}: {'' if v is None else v}", highlight=False)
 
 
 def _jsonable(d: dict) -> dict:
@@ -32,10 +32,18 @@ def keys_scope(credential_id: int,
                                                           "'any' clears the list.")] = None,
                services: Annotated[str | None, typer.Option("--services", help="Comma-separated service ids; "
                                                             "'any' clears the list.")] = None,
+               quota_chars: Annotated[int | None, typer.Option(help="Its own generated characters a day, on top "
+                                                               "of the account's; negative clears it.")] = None,
+               quota_tokens: Annotated[int | None, typer.Option(help="Its own tokens a day; negative clears "
+                                                                "it.")] = None,
                as_json: Annotated[bool, typer.Option("--json")] = False,
                server: Server = None, admin_key: AdminKey = None):
-    """Show a credential's expiry and allow-lists, or set them (only what is given changes)."""
+    """Show a credential's expiry, allow-lists and own daily quota, or set them (only what
+    is given changes; 0 allows nothing)."""
     fields: dict = {}
+    for name, value in (("quota_chars_per_day", quota_chars), ("quota_tokens_per_day", quota_tokens)):
+        if value is not None:
+            fields[name] = None if value < 0 else value
     try:
         if expires_at is not None:
             t = None if expires_at == "never" else dt.datetime.fromisoformat(expires_at)
@@ -54,6 +62,19 @@ def keys_scope(credential_id: int,
         if not fields:
             return b._call("GET", f"/credentials/{credential_id}/scope")
         return b._call("PATCH", f"/credentials/{credential_id}/scope", json=_jsonable(fields))
+    _out(_run(server, admin_key, go), as_json)
+
+
+@keys_app.command("quota")
+def keys_quota(credential_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
+               server: Server = None, admin_key: AdminKey = None):
+    """Today's quota of a credential: its own limits and what it (with the rest of its
+    rotation line) used and holds."""
+    def go(b):
+        if isinstance(b, Local):
+            return {k: (v.isoformat() if isinstance(v, dt.date) else v)
+                    for k, v in b.p.quota.credential_status(credential_id).to_dict().items()}
+        return b._call("GET", f"/credentials/{credential_id}/quota")
     _out(_run(server, admin_key, go), as_json)
 
 

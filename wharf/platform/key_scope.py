@@ -5,9 +5,14 @@
   allowed_models    the model names it may call (the name sent or the model it resolves
                     to); None: any
   allowed_services  the service ids it may call (Qianfan endpoints); None: any
+  quota_chars_per_day / quota_tokens_per_day
+                    its own daily quota on top of its account's (None: none of its own,
+                    0: nothing allowed), enforced by wharf/platform/quota.py with the
+                    account's in one reservation
   rotate            a new credential (new secret) with the same account, label, limits and
                     reach; the old one stays valid for the grace period the operator
-                    chooses, then expires (the same expires_at rule, nothing else to check)
+                    chooses, then expires (the same expires_at rule, nothing else to check);
+                    both count on the same daily quota counters (quota_root_id)
 
 The allow-lists are checked once, in the policy path (api/pipeline.py calls `check`),
 so every dialect refuses the same way: PermissionDenied, in that dialect's shape.
@@ -28,6 +33,8 @@ from wharf.platform.store import Store
 
 MAX_LIST = 100
 MAX_GRACE = dt.timedelta(days=365)
+QUOTA_FIELDS = ("quota_chars_per_day", "quota_tokens_per_day")
+MAX_QUOTA = 2 ** 53        # well below the quota book's "no limit" bound
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,13 @@ class KeyScope:
     expires_at: dt.datetime | None
     allowed_models: list[str] | None
     allowed_services: list[int] | None
+    quota_chars_per_day: int | None = None
+    quota_tokens_per_day: int | None = None
 
     @classmethod
     def of(cls, c) -> "KeyScope":
-        return cls(c.id, c.expires_at, decode_list(c.allowed_models), decode_list(c.allowed_services))
+        return cls(c.id, c.expires_at, decode_list(c.allowed_models), decode_list(c.allowed_services),
+                   c.quota_chars_per_day, c.quota_tokens_per_day)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +76,15 @@ def _services(value) -> str | None:
         raise InvalidParam(f"allowed_services must be a list of at most {MAX_LIST} service ids",
                            param="allowed_services")
     return json.dumps(sorted(set(value)))
+
+
+def _quota(value, param: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+        raise InvalidParam(f"{param} must be null (none of its own) or an integer from 0 to {MAX_QUOTA}",
+                           param=param)
+    return value
 
 
 def _aware(value: dt.datetime | None, param: str) -> dt.datetime | None:
@@ -106,8 +125,9 @@ class KeyScopes:
             return [KeyScope.of(c) for c in s.scalars(q)]
 
     def set(self, credential_id: int, **fields) -> KeyScope:
-        """Set any of expires_at, allowed_models, allowed_services (None clears one)."""
-        unknown = set(fields) - {"expires_at", "allowed_models", "allowed_services"}
+        """Set any of expires_at, allowed_models, allowed_services and the daily quotas
+        (None clears one)."""
+        unknown = set(fields) - {"expires_at", "allowed_models", "allowed_services", *QUOTA_FIELDS}
         if unknown:
             raise InvalidParam(f"unknown field {sorted(unknown)[0]}", param=sorted(unknown)[0])
         values = {}
@@ -117,6 +137,9 @@ class KeyScopes:
             values["allowed_models"] = _models(fields["allowed_models"])
         if "allowed_services" in fields:
             values["allowed_services"] = _services(fields["allowed_services"])
+        for name in QUOTA_FIELDS:
+            if name in fields:
+                values[name] = _quota(fields[name], name)
         with self.store.write() as s:
             c = self._row(s, credential_id)
             for k, v in values.items():
@@ -138,6 +161,9 @@ class KeyScopes:
             new = s.get(Credential, issued.info.id)
             new.expires_at, new.allowed_models, new.allowed_services = (old.expires_at, old.allowed_models,
                                                                         old.allowed_services)
+            new.quota_chars_per_day, new.quota_tokens_per_day = old.quota_chars_per_day, old.quota_tokens_per_day
+            # The same day's counters as the old secret: a grace period is not a second quota.
+            new.quota_root_id = old.quota_root_id or old.id
             end = utcnow() + grace
             old.expires_at = end if old.expires_at is None else min(old.expires_at, end)
             s.flush()

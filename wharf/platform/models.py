@@ -98,6 +98,13 @@ class Credential(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     allowed_models: Mapped[str | None] = mapped_column(Text, nullable=True)
     allowed_services: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Its own daily quota, on top of the account's (wharf/platform/quota.py): NULL: none of
+    # its own, 0: nothing allowed. Counted on the counters of quota_root_id: the first
+    # credential of its rotation line (NULL: itself), so a rotation's grace period never
+    # gives a second day's worth.
+    quota_chars_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_root_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AccessToken(Base):
@@ -173,11 +180,30 @@ class QuotaUsage(Base):
     tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class CredentialQuotaUsage(Base):
+    """A credential's daily counters, as quota_usage is an account's (keyed by the
+    credential's quota_root_id, or its own id)."""
+
+    __tablename__ = "credential_quota_usage"
+    __table_args__ = (UniqueConstraint("credential_id", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    credential_id: Mapped[int] = mapped_column(ForeignKey("credentials.id", ondelete="CASCADE"))
+    day: Mapped[dt.date] = mapped_column(Date)
+    chars_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    chars_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class QuotaReservation(Base):
     __tablename__ = "quota_reservations"
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # The credential that asked: its daily counters (those of its quota_root_id) are held
+    # too, within its own limits; NULL: the account's only.
+    credential_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     day: Mapped[dt.date] = mapped_column(Date)
     chars: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
