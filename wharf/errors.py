@@ -7,6 +7,10 @@ here knows about HTTP.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class WharfError(Exception):
     """Base of every error a caller may see. `message` is safe to show."""
@@ -108,3 +112,12 @@ class Internal(WharfError):
     """A bug or an unexpected failure; the message never carries internals."""
 
     kind = "internal"
+
+
+def by_kind(table: dict[type, T], exc: WharfError, default: T) -> T:
+    """The entry of `exc`'s nearest class in `table` (a dialect's error table), else
+    `default`: the one walk over the taxonomy every dialect's mapping uses."""
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default

@@ -33,26 +33,34 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
-from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, PermissionDenied,
-                          QuotaExceeded, RateLimited, WharfError)
+from wharf.api.dialect import Dialect, retry_after
+from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, Overloaded, PermissionDenied,
+                          QuotaExceeded, RateLimited, Timeout, WharfError, by_kind)
 from wharf.platform import audit, validate
 from wharf.platform.auth import Principal
 
 log = logging.getLogger("wharf.admin")
 
+# The admin API's and console's error table; a kind not in it is an internal error (500).
 STATUS = {AuthError: 401, PermissionDenied: 403, NotFound: 404, Conflict: 409, InvalidParam: 400,
-          InvalidRequest: 400, QuotaExceeded: 429, RateLimited: 429}
+          InvalidRequest: 400, QuotaExceeded: 429, RateLimited: 429, Overloaded: 503, Timeout: 504}
 
 
 def error_body(message: str, type_: str, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param}}
 
 
-def _status(err: WharfError) -> int:
-    for cls in type(err).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+def admin_error(err: WharfError) -> JSONResponse:
+    """`err` in the admin API's shape: {"error": {"message", "type", "param"}}; an
+    internal error's message is not shown."""
+    status = by_kind(STATUS, err, 500)
+    if isinstance(err, InvalidRequest) and err.reason == "too_large":
+        status = 413
+    msg = "internal error" if status == 500 else err.message
+    headers = {**retry_after(err), "Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(msg, err.kind, err.param), status_code=status, headers=headers)
 
 
 class AdminRoute(APIRoute):
@@ -68,10 +76,7 @@ class AdminRoute(APIRoute):
                 with audit.acting(op):
                     return await handler(request)
             except WharfError as e:
-                status = _status(e)
-                msg = e.message if status < 500 else "internal error"
-                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-                return JSONResponse(error_body(msg, e.kind, e.param), status_code=status, headers=headers)
+                return admin_error(e)
             except OverflowError:
                 # An id beyond 64 bits (the store's integers): no such object.
                 return JSONResponse(error_body("not found", "not_found"), status_code=404)
@@ -514,3 +519,7 @@ def _write_lexicon(path: Path, terms: list[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# The admin API and the console share one error shape; their routers are built per app.
+DIALECT = Dialect("admin", ("/admin/", "/console"), admin_error)

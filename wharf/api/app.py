@@ -16,11 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse, Response
 
 from wharf import __version__
-from wharf.api import openai
 from wharf.api.body_limit import BodyLimit
 from wharf.api.common import bearer_token
 from wharf.api.errors import openai_error
-from wharf.api.path_errors import error_for_path
+from wharf.api.path_errors import DIALECTS, error_for_path
 from wharf.api.pipeline import Pipeline
 from wharf.api.request_ids import RequestIds
 from wharf.api.throttle import ControlThrottle, control_limits
@@ -39,9 +38,6 @@ log = logging.getLogger("wharf")
 # starts while one is being built. (module, attribute that builds or is the router)
 _OPTIONAL_ROUTERS = [
     ("wharf.api.admin", "build_admin_router"),
-    ("wharf.api.qianfan", "router"),
-    ("wharf.api.welm", "router"),
-    ("wharf.api.sensenova", "router"),
     ("wharf.api.admin_requests", "build_requests_router"),
     ("wharf.api.admin_keys", "build_keys_router"),
     ("wharf.api.admin_audit", "build_audit_router"),
@@ -187,7 +183,9 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         # The upstream backend: one pool of replicas shared by every model.
         metrics.bind_upstream_stats(lambda: engines[0].stats().upstreams or [])
 
-    app.include_router(openai.router)
+    for dialect in DIALECTS:
+        if dialect.router is not None:
+            app.include_router(dialect.router)
     _mount_optional(app)
 
     @app.exception_handler(RequestValidationError)

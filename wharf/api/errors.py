@@ -7,6 +7,7 @@ import logging
 from starlette.responses import JSONResponse
 
 from wharf import errors as E
+from wharf.api.dialect import retry_after
 
 log = logging.getLogger("wharf.api")
 
@@ -46,21 +47,11 @@ _OPENAI: dict[type, tuple[int, str, str | None]] = {
 }
 
 
-def _lookup(table: dict, exc: E.WharfError):
-    for cls in type(exc).__mro__:
-        if cls in table:
-            return table[cls]
-    return table[E.Internal]
-
-
 def openai_error(exc: E.WharfError) -> JSONResponse:
-    status, etype, code = _lookup(_OPENAI, exc)
+    status, etype, code = E.by_kind(_OPENAI, exc, _OPENAI[E.Internal])
     if isinstance(exc, E.NotFound) and exc.reason == "model":
         code = "model_not_found"
     if isinstance(exc, E.InvalidRequest) and exc.reason == "too_large":
         status = 413
-    headers = {}
-    if isinstance(exc, E.RateLimited):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     body = {"error": {"message": exc.message, "type": etype, "param": exc.param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_after(exc))

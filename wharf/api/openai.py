@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
 from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.dialect import Dialect
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import openai_error, unexpected
 from wharf.api.openai_tools import ToolStream, ToolUse, message_calls, response_format
@@ -397,3 +398,7 @@ async def detokenize(request: Request):
         return {"prompt": request.app.state.pipeline.detokenize(body.model, body.tokens)}
     except WharfError as exc:
         return openai_error(exc)
+
+
+# Every path no other dialect owns is answered in OpenAI's shape (path_errors.py).
+DIALECT = Dialect("openai", ("/v1/",), openai_error, router)

@@ -50,6 +50,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from wharf import errors as E
 from wharf.api.common import json_body
+from wharf.api.dialect import Dialect, retry_after
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
@@ -151,6 +152,21 @@ def _limit_headers(state, caller: Caller) -> dict:
 
 
 # -- OAuth -----------------------------------------------------------------------------
+
+# OAuth's own error shape ({"error", "error_description"}): what the qianfan SDKs read
+# from the token endpoint, for refusals made before the route (throttle, body limit).
+_OAUTH_ERRORS: dict[type, tuple[int, str]] = {E.RateLimited: (429, "slow_down"),
+                                              E.Overloaded: (503, "temporarily_unavailable"),
+                                              E.InvalidRequest: (400, "invalid_request")}
+
+
+def oauth_error(exc: E.WharfError) -> JSONResponse:
+    status, code = E.by_kind(_OAUTH_ERRORS, exc, (500, "server_error"))
+    if isinstance(exc, E.InvalidRequest) and exc.reason == "too_large":
+        status = 413
+    return JSONResponse({"error": code, "error_description": exc.message}, status_code=status,
+                        headers=retry_after(exc))
+
 
 @router.api_route("/oauth/2.0/token", methods=["GET", "POST"])
 async def oauth_token(request: Request):
@@ -469,3 +485,8 @@ async def completions(endpoint: str, request: Request) -> Response:
 @router.post(PREFIX + "/chat/{endpoint}")
 async def chat(endpoint: str, request: Request) -> Response:
     return await _serve(request, endpoint, "chat")
+
+
+DIALECT = Dialect("qianfan", ("/rpc/2.0/ai_custom", "/wenxinworkshop"),
+                  lambda exc: qianfan_error(exc, headers=retry_after(exc) or None), router)
+OAUTH = Dialect("qianfan-oauth", ("/oauth/",), oauth_error)     # its route is in `router`

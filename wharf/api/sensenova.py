@@ -53,6 +53,7 @@ from starlette.responses import JSONResponse
 
 from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.dialect import Dialect, retry_after
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
@@ -131,16 +132,13 @@ _ERRORS: dict[type, tuple[int, int]] = {
 
 
 def _error_body(exc: WharfError) -> tuple[int, dict]:
-    status, code = next((_ERRORS[c] for c in type(exc).__mro__ if c in _ERRORS), _ERRORS[E.Internal])
+    status, code = E.by_kind(_ERRORS, exc, _ERRORS[E.Internal])
     return status, {"error": {"code": code, "message": exc.message, "details": []}}
 
 
 def sensenova_error(exc: WharfError) -> JSONResponse:
     status, body = _error_body(exc)
-    headers = {}
-    if isinstance(exc, E.RateLimited):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_after(exc))
 
 
 def _usage(prompt: int, completion: int) -> dict:
@@ -294,3 +292,6 @@ async def get_model(request: Request, model_id: str):
     except WharfError as exc:
         return sensenova_error(exc)
     return _card(engine.info, model_id)
+
+
+DIALECT = Dialect("sensenova", ("/v1/llm/",), sensenova_error, router)

@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from wharf import errors as E
 from wharf.api.common import bearer_token, json_body, parse_model
+from wharf.api.dialect import Dialect, retry_after
 from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller
@@ -104,12 +105,11 @@ _ERRORS: dict[type, tuple[int, str | None]] = {
 
 
 def welm_error(exc: WharfError, model: str = "", rid: str | None = None) -> Response:
-    status, finish = next((_ERRORS[c] for c in type(exc).__mro__ if c in _ERRORS), _ERRORS[E.Internal])
+    status, finish = E.by_kind(_ERRORS, exc, _ERRORS[E.Internal])
     if isinstance(exc, E.QuotaExceeded):
         return PlainTextResponse("quota limit exceed", status_code=429)
     if isinstance(exc, E.RateLimited):
-        return PlainTextResponse("rate limit exceeded", status_code=429,
-                                 headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        return PlainTextResponse("rate limit exceeded", status_code=429, headers=retry_after(exc))
     param = exc.param or ("model" if isinstance(exc, E.NotFound) else None)
     if finish == "error: invalid parameter":
         finish = f"error: invalid parameter {param}: {exc.message}" if param else f"{finish}: {exc.message}"
@@ -171,3 +171,6 @@ async def completions(request: Request):
         choices.append({"text": text, "index": i, "logprobs": 0, "finish_reason": FINISH[reason]})
     return JSONResponse({"id": caller.request_id, "object": "text_generation", "created": int(time.time()),
                          "model": body.model, "choices": choices})
+
+
+DIALECT = Dialect("welm", ("/welm/",), welm_error, router)
