@@ -230,7 +230,7 @@ def test_credentials_create_copy_revoke(server, new_page, user, shots):
         expect(page.locator("#cred-table tbody tr").first).to_contain_text(kind.split("_")[0].replace("sensenova", "SenseNova")
                                                                             .replace("qianfan", "千帆").replace("api", "API"))
     page.on("dialog", lambda d: d.accept())
-    page.locator("#cred-table tbody tr").first.get_by_role("button").click()
+    page.locator("#cred-table tbody tr").first.locator("button[data-revoke]").click()
     expect(page.locator("#cred-table tbody tr").first).to_contain_text("已吊销")
     assert not page.errors
 

@@ -228,6 +228,8 @@ def build_console_router() -> APIRouter:
                                            params=list(request.query_params.multi_items()),
                                            content=body, headers=headers)
         out = {"Cache-Control": "no-store"}
+        if "content-disposition" in up.headers:      # an export names its file
+            out["Content-Disposition"] = up.headers["content-disposition"]
         return Response(up.content, status_code=up.status_code, headers=out,
                         media_type=up.headers.get("content-type"))
 

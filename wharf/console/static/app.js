@@ -28,6 +28,20 @@ function toast(msg) {
   clearTimeout(toast.timer); toast.timer = setTimeout(() => (t.hidden = true), 2500);
 }
 function fmtTime(s) { if (!s) return "—"; const d = new Date(s.endsWith("Z") || s.includes("+") ? s : s + "Z"); return d.toLocaleString("zh-CN", { hour12: false }); }
+// datetime-local inputs hold the browser's local time; the admin API takes ISO times with a zone.
+function localToISO(v) { return v ? new Date(v).toISOString() : ""; }
+function isoToLocal(s) {
+  if (!s) return "";
+  const d = new Date(s.endsWith("Z") || s.includes("+") ? s : s + "Z");
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+// "?a=1&b=2" of the parameters that are set ("" / null / undefined are left out).
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) q.set(k, v);
+  const text = q.toString();
+  return text ? "?" + text : "";
+}
 async function copy(text) {
   try { await navigator.clipboard.writeText(text); toast("已复制 / copied"); }
   catch (e) {
@@ -65,6 +79,8 @@ function signedIn(s) {
   state.me = s; state.csrf = s.csrf;
   $("#nav").hidden = false; $("#who").hidden = false;
   $("#who-name").textContent = s.account.name + (s.account.is_admin ? " (admin)" : "");
+  // Only a cue: the admin API refuses a non-admin whatever the page shows.
+  document.querySelectorAll("#nav a[data-admin]").forEach(a => { a.hidden = !s.account.is_admin; });
 }
 
 function showLogin(msg) {
@@ -88,7 +104,8 @@ function showLogin(msg) {
   key.focus();
 }
 
-const PAGES = { services: pageServices, credentials: pageCredentials, usage: pageUsage, playground: pagePlayground, models: pageModels };
+// The pages in their own files (credentials.js, requests.js, audit.js, accounts.js) add themselves.
+const PAGES = { services: pageServices, usage: pageUsage, playground: pagePlayground, models: pageModels };
 async function route() {
   if (!state.me) return;
   stopPoll();
@@ -166,39 +183,6 @@ function secretBox(issued) {
       h("code", { class: "mono", "data-field": k }, issued[k]),
       h("button", { class: "btn ghost small", type: "button", "data-copy": k, onclick: () => copy(issued[k]) }, "复制 Copy")])));
 }
-async function pageCredentials(main) {
-  await loadCredentials();
-  const kind = h("select", { id: "cred-kind" }, Object.entries(KINDS).map(([k, v]) => h("option", { value: k }, v)));
-  const label = h("input", { id: "cred-label", maxlength: 128, placeholder: "备注 label" });
-  const out = h("div", {}); const err = h("p", { class: "error" });
-  const form = h("form", { class: "card", id: "cred-form" }, h("h2", {}, "创建凭证 Create credential"),
-    h("div", { class: "grid" }, h("label", {}, "类型 Kind", kind), h("label", {}, "备注 Label", label),
-      h("div", {}, h("button", { class: "btn", type: "submit", id: "cred-create" }, "创建 Create"))), err, out);
-  const table = h("tbody", {});
-  const draw = () => table.replaceChildren(...state.credentials.slice().reverse().map(c => h("tr", { "data-cred": c.id },
-    h("td", {}, h("b", {}, KINDS[c.kind] || c.kind)), h("td", { class: "mono", "data-label": "ID" }, c.public_id + (c.kind === "api_key" ? "…" : "")),
-    h("td", { "data-label": "备注" }, c.label || ""), h("td", { class: "hide-sm", "data-label": "创建" }, fmtTime(c.created_at)), h("td", { "data-label": "最近使用" }, fmtTime(c.last_used_at)),
-    h("td", {}, c.revoked_at ? h("span", { class: "tag off" }, "已吊销 revoked") :
-      (c.id === state.me.credential_id ? h("span", { class: "tag ok" }, "当前登录 in use") :
-        h("button", { class: "btn danger small", type: "button", onclick: async () => {
-          if (!confirm("吊销该凭证？ Revoke?")) return;
-          try { await admin("POST", `credentials/${c.id}/revoke`); await loadCredentials(); draw(); toast("已吊销 / revoked"); } catch (e) { toast(e.message); }
-        } }, "吊销 Revoke"))))));
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault(); err.textContent = "";
-    try {
-      const issued = await admin("POST", "credentials", { kind: kind.value, label: label.value });
-      out.replaceChildren(secretBox(issued)); label.value = "";
-      await loadCredentials(); draw();
-    } catch (e) { err.textContent = e.message; }
-  });
-  draw();
-  main.replaceChildren(h("h1", {}, "凭证 Credentials"),
-    h("p", { class: "sub" }, "API Key 用于 OpenAI / WeLM；千帆与 SenseNova 使用各自的 AK/SK。"), form,
-    h("div", { class: "card" }, h("h2", {}, "凭证列表"), h("div", { class: "table-wrap" }, h("table", { id: "cred-table", class: "cards" },
-      h("thead", {}, h("tr", {}, h("th", {}, "类型"), h("th", {}, "ID"), h("th", {}, "备注"), h("th", { class: "hide-sm" }, "创建"), h("th", {}, "最近使用"), h("th", {}, ""))), table))));
-}
-
 // -- 用量 Usage -------------------------------------------------------------------------------
 function days30(since, until) {
   const out = []; const d = new Date(since + "T00:00:00Z"); const end = new Date(until + "T00:00:00Z");
@@ -236,11 +220,11 @@ function stackedChart(days, series, metric, id) {
 }
 async function pageUsage(main) {
   const all = state.me.account.is_admin;
-  const [series, byModel, byService, quota] = await Promise.all([
+  const [series, byModel, byService, quota, perService] = await Promise.all([
     api("GET", "/console/api/usage-series?days=30" + (all ? "&all=true" : "")),
     admin("GET", "usage?days=30&group_by=model" + (all ? "&all=true" : "")),
     admin("GET", "usage?days=30&group_by=service" + (all ? "&all=true" : "")),
-    admin("GET", "quota")]);
+    admin("GET", "quota"), serviceStatsCard(all, 30)]);
   const days = days30(series.since, series.until);
   let group = "model";
   const charts = h("div", { id: "charts" });
@@ -270,7 +254,8 @@ async function pageUsage(main) {
       h("div", {}, h("p", { class: "muted" }, "字符 characters"), meter(quota.chars_used, quota.chars_reserved, quota.chars_limit)),
       h("div", {}, h("p", { class: "muted" }, "Tokens"), meter(quota.tokens_used, quota.tokens_reserved, quota.tokens_limit)))),
     tabs, charts,
-    h("div", { class: "grid2" }, table(byModel.rows, "按模型 by model", "usage-by-model"), table(byService.rows, "按服务 by service", "usage-by-service")));
+    h("div", { class: "grid2" }, table(byModel.rows, "按模型 by model", "usage-by-model"), table(byService.rows, "按服务 by service", "usage-by-service")),
+    perService);
 }
 
 // -- 模型 Models --------------------------------------------------------------------------------
