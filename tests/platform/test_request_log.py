@@ -184,10 +184,10 @@ def test_cli_list_show_export(srv, tmp_path, server):
     assert [row["request_id"] for row in csv.DictReader(out.open())] == [ids[3], ids[2], ids[1]]
     r = _cli(srv, "export", "--account", acct.name, "--format", "json", server=server)
     assert len(json.loads(r.stdout)) == 4
-    # Failures: exit 1 with a message (unknown id, bad time), 2 for bad usage.
+    # Failures (README, CLI exit codes): 3 for an unknown id, with a message; 2 for bad usage.
     r = _cli(srv, "show", "no-such-id", server=server)
-    assert r.returncode == 1 and "error" in r.stderr
-    assert _cli(srv, "list", "--since", "soon", server=server).returncode == 1
+    assert r.returncode == 3 and "error" in r.stderr
+    assert _cli(srv, "list", "--since", "soon", server=server).returncode == 2
     assert _cli(srv, "list", "--limit", "0", server=server).returncode == 2
 
 

@@ -3,7 +3,8 @@
 By default they work on the local store (the database and secret key that
 Settings name: WHARF_DATA_DIR, WHARF_DATABASE_URL, WHARF_SECRET_KEY). With
 `--server URL --admin-key KEY` (or env WHARF_SERVER / WHARF_ADMIN_KEY) they
-call a running server's admin API instead.
+call a running server's admin API instead. `--json` prints what a command shows in the
+admin API's field names, and the exit code says how it ended (wharf/cli/output.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wharf.cli.output import (EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, Json, exit_code_for,
+                              exit_code_for_status, print_json, shaped)
 from wharf.errors import WharfError
 from wharf.platform import audit
 
@@ -30,7 +33,11 @@ KINDS = ("api_key", "qianfan_app", "qianfan_iam", "sensenova")
 
 
 class CliError(Exception):
-    pass
+    """An expected failure: its message goes to stderr and the command exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # -- backends: the same operations on the local store or over HTTP --------------------
@@ -52,7 +59,7 @@ class Local:
 
     def _acc(self, ref) -> int:
         if ref is None:
-            raise CliError("--account is required when working on the local store")
+            raise CliError("--account is required when working on the local store", EXIT_USAGE)
         return self.p.accounts.resolve(ref).id
 
     def accounts_create(self, name, is_admin, limits):
@@ -77,8 +84,9 @@ class Local:
         path = self.settings.resolved_lexicon_path
         stored = self.p.lexicon.read()
         if stored is not None:
-            return {"terms": stored.terms, "path": str(path), "version": stored.version}
-        return {"terms": load_terms(path) if path.exists() else [], "path": str(path), "version": None}
+            return {"terms": stored.terms, "count": len(stored.terms), "path": str(path), "version": stored.version}
+        terms = load_terms(path) if path.exists() else []
+        return {"terms": terms, "count": len(terms), "path": str(path), "version": None}
 
     def lexicon_set(self, terms):
         from wharf.api.admin import _write_lexicon
@@ -122,7 +130,7 @@ class Remote:
         import httpx
 
         if not key:
-            raise CliError("--admin-key (or WHARF_ADMIN_KEY) is needed with --server")
+            raise CliError("--admin-key (or WHARF_ADMIN_KEY) is needed with --server", EXIT_USAGE)
         self.http = httpx.Client(base_url=server.rstrip("/") + "/admin/api",
                                  headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
@@ -132,13 +140,13 @@ class Remote:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise CliError(f"cannot reach the server: {e}") from None
+            raise CliError(f"cannot reach the server: {e}", EXIT_UNREACHABLE) from None
         if r.status_code >= 400:
             try:
                 msg = r.json()["error"]["message"]
             except Exception:
                 msg = r.text[:200]
-            raise CliError(f"server said {r.status_code}: {msg}")
+            raise CliError(f"server said {r.status_code}: {msg}", exit_code_for_status(r.status_code))
         return None if r.status_code == 204 else r.json()
 
     def _acc(self, ref) -> int | None:
@@ -149,7 +157,7 @@ class Remote:
         for a in self._call("GET", "/accounts"):
             if a["name"] == ref:
                 return a["id"]
-        raise CliError(f"account {ref!r} not found")
+        raise CliError(f"account {ref!r} not found", EXIT_NOT_FOUND)
 
     def accounts_create(self, name, is_admin, limits):
         return self._call("POST", "/accounts", json={"name": name, "is_admin": is_admin, **limits})
@@ -195,7 +203,7 @@ class Remote:
         if not ref.isdigit():
             match = [s for s in self._call("GET", "/services", params={"all": True}) if s["endpoint"] == ref]
             if not match:
-                raise CliError(f"service {ref!r} not found")
+                raise CliError(f"service {ref!r} not found", EXIT_NOT_FOUND)
             ref = str(match[0]["id"])
         svc = self._call("GET", f"/services/{ref}")
         self._call("DELETE", f"/services/{ref}")
@@ -211,7 +219,8 @@ class Remote:
 
 
 def _run(server, admin_key, fn):
-    """Open the backend, run fn(backend), turn every expected failure into exit code 1."""
+    """Open the backend, run fn(backend), turn every expected failure into its exit code
+    (wharf/cli/output.py), the message on stderr."""
     backend = None
     try:
         if server:                           # the server audits its admin API calls itself
@@ -222,7 +231,7 @@ def _run(server, admin_key, fn):
             return fn(backend)
     except (WharfError, CliError) as e:
         err_console.print(f"[red]error:[/red] {getattr(e, 'message', None) or e}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(e.exit_code if isinstance(e, CliError) else exit_code_for(e)) from None
     finally:
         if backend is not None:
             backend.close()
@@ -244,8 +253,24 @@ def _command_path() -> str:
 
 
 def jsonable(row: dict) -> dict:
-    """A record for --json: datetimes as ISO 8601 text."""
-    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+    """A record for --json: dates and times as ISO 8601 text, nested records too."""
+    def plain(v):
+        if isinstance(v, (dt.datetime, dt.date)):
+            return v.isoformat()
+        if isinstance(v, dict):
+            return jsonable(v)
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+    return {k: plain(v) for k, v in row.items()}
+
+
+def show(as_json: bool, schema: str, data, table) -> None:
+    """`data` as JSON in the admin API's `schema` fields, or as the command's own view (`table()`)."""
+    if as_json:
+        print_json(shaped(schema, data))
+    else:
+        table()
 
 
 def print_page(title: str, page: dict, cols: list[str], as_json: bool) -> None:
@@ -306,7 +331,7 @@ def accounts_create(name: str,
                     service_rpm: Annotated[int | None, typer.Option(min=0, help=_KEY_CEILING.format("services",
                                                                                                     "rpm"))] = None,
                     service_tpm: Annotated[int | None, typer.Option(min=0)] = None,
-                    server: Server = None, admin_key: AdminKey = None):
+                    as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Create an account. A limit not given: none (or the WHARF_DEFAULT_* one); 0: nothing allowed."""
     limits = {k: v for k, v in dict(quota_chars_per_day=quota_chars, quota_tokens_per_day=quota_tokens,
                                     rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency,
@@ -315,29 +340,30 @@ def accounts_create(name: str,
                                     service_tpm=service_tpm).items()
               if v is not None}
     a = _run(server, admin_key, lambda b: b.accounts_create(name, admin, limits))
-    _table("account created", [a], ACCOUNT_COLS)
+    show(as_json, "AccountOut", a, lambda: _table("account created", [a], ACCOUNT_COLS))
 
 
 @accounts_app.command("list")
-def accounts_list(server: Server = None, admin_key: AdminKey = None):
+def accounts_list(as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List accounts."""
-    _table("accounts", _run(server, admin_key, lambda b: b.accounts_list()), ACCOUNT_COLS)
+    rows = _run(server, admin_key, lambda b: b.accounts_list())
+    show(as_json, "AccountOut", rows, lambda: _table("accounts", rows, ACCOUNT_COLS))
 
 
 @accounts_app.command("disable")
 def accounts_disable(account: Annotated[str, typer.Argument(help="Account name or id.")],
-                     server: Server = None, admin_key: AdminKey = None):
+                     as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Disable an account: its credentials stop working at once."""
     a = _run(server, admin_key, lambda b: b.accounts_status(account, "disabled"))
-    console.print(f"account {a['name']} is now {a['status']}")
+    show(as_json, "AccountOut", a, lambda: console.print(f"account {a['name']} is now {a['status']}"))
 
 
 @accounts_app.command("enable")
 def accounts_enable(account: Annotated[str, typer.Argument(help="Account name or id.")],
-                    server: Server = None, admin_key: AdminKey = None):
+                    as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Enable a disabled account."""
     a = _run(server, admin_key, lambda b: b.accounts_status(account, "active"))
-    console.print(f"account {a['name']} is now {a['status']}")
+    show(as_json, "AccountOut", a, lambda: console.print(f"account {a['name']} is now {a['status']}"))
 
 
 def _limit_values(**given) -> dict:
@@ -361,7 +387,7 @@ def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or
                     service_rpm: Annotated[int | None, typer.Option(help=_KEY_CEILING.format("services",
                                                                                              "rpm"))] = None,
                     service_tpm: Annotated[int | None, typer.Option()] = None,
-                    server: Server = None, admin_key: AdminKey = None):
+                    as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Set an account's limits and daily quota (options not given are kept). 0 allows
     nothing; a negative value clears a limit, so the platform default (WHARF_DEFAULT_*)
     applies again (for the --key-* / --service-* ceilings: no ceiling). A ceiling also
@@ -372,8 +398,9 @@ def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or
                            key_max_concurrency=key_max_concurrency, service_rpm=service_rpm,
                            service_tpm=service_tpm)
     a = _run(server, admin_key, lambda b: b.accounts_limits(account, limits))
-    _table("account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency", "key_rpm", "key_tpm", "key_qps",
-                                                  "key_max_concurrency", "service_rpm", "service_tpm"])
+    show(as_json, "AccountOut", a, lambda: _table(
+        "account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency", "key_rpm", "key_tpm", "key_qps",
+                                               "key_max_concurrency", "service_rpm", "service_tpm"]))
 
 
 KEY_COLS = ["id", "account_id", "kind", "public_id", "label", "created_at", "last_used_at", "revoked_at"]
@@ -388,12 +415,15 @@ def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", h
                 kind: Annotated[str, typer.Option("--kind", "-k", help="api_key | qianfan_app | qianfan_iam | sensenova")]
                 = "api_key",
                 label: Annotated[str, typer.Option("--label", "-l")] = "",
-                server: Server = None, admin_key: AdminKey = None):
+                as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Create a credential; its secret is shown now and never again."""
     if kind not in KINDS:
         err_console.print(f"[red]error:[/red] --kind must be one of {', '.join(KINDS)}")
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
     issued = _run(server, admin_key, lambda b: b.keys_create(account, kind, label))
+    if as_json:
+        print_json(shaped("IssuedCredentialOut", issued))
+        return
     cred = issued["credential"]
     console.print(f"credential {cred['id']} ({kind}) for account {cred['account_id']}")
     for title, key in SECRET_NAMES[kind]:
@@ -403,16 +433,18 @@ def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", h
 
 @keys_app.command("list")
 def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
-              server: Server = None, admin_key: AdminKey = None):
+              as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List credentials (never their secrets)."""
-    _table("credentials", _run(server, admin_key, lambda b: b.keys_list(account)), KEY_COLS)
+    rows = _run(server, admin_key, lambda b: b.keys_list(account))
+    show(as_json, "CredentialOut", rows, lambda: _table("credentials", rows, KEY_COLS))
 
 
 @keys_app.command("revoke")
-def keys_revoke(credential_id: int, server: Server = None, admin_key: AdminKey = None):
+def keys_revoke(credential_id: int, as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Revoke a credential: the next request with it fails."""
     c = _run(server, admin_key, lambda b: b.keys_revoke(credential_id))
-    console.print(f"credential {c['id']} ({c['kind']} {c['public_id']}) revoked")
+    show(as_json, "CredentialOut", c,
+         lambda: console.print(f"credential {c['id']} ({c['kind']} {c['public_id']}) revoked"))
 
 
 @keys_app.command("limits")
@@ -421,13 +453,13 @@ def keys_limits(credential_id: int,
                 tpm: Annotated[int | None, typer.Option()] = None,
                 qps: Annotated[int | None, typer.Option()] = None,
                 max_concurrency: Annotated[int | None, typer.Option()] = None,
-                server: Server = None, admin_key: AdminKey = None):
+                as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Set a credential's own limits (they narrow the account's). 0 allows nothing; a
     negative value clears one."""
     limits = _limit_values(rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
     c = _run(server, admin_key, lambda b: b.keys_limits(credential_id, limits))
-    _table("credential limits", [c], ["id", "account_id", "kind", "public_id", "rpm", "tpm", "qps",
-                                      "max_concurrency"])
+    show(as_json, "CredentialOut", c, lambda: _table("credential limits", [c], [
+        "id", "account_id", "kind", "public_id", "rpm", "tpm", "qps", "max_concurrency"]))
 
 
 SERVICE_COLS = ["id", "account_id", "endpoint", "kind", "model", "description", "rpm", "tpm", "created_at"]
@@ -442,35 +474,37 @@ def services_create(account: Annotated[str | None, typer.Option("--account", "-a
                     model: Annotated[str, typer.Option("--model", "-m")] = ...,
                     kind: Annotated[str, typer.Option("--kind", "-k", help="completions | chat")] = "chat",
                     description: Annotated[str, typer.Option("--description", "-d")] = "",
-                    server: Server = None, admin_key: AdminKey = None):
+                    as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Create a service (Qianfan's 创建服务: an API address bound to a model)."""
     s = _run(server, admin_key, lambda b: b.services_create(account, endpoint, model, kind, description))
-    _table("service created", [s], SERVICE_COLS)
+    show(as_json, "ServiceOut", s, lambda: _table("service created", [s], SERVICE_COLS))
 
 
 @services_app.command("list")
 def services_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
-                  server: Server = None, admin_key: AdminKey = None):
+                  as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List services."""
-    _table("services", _run(server, admin_key, lambda b: b.services_list(account)), SERVICE_COLS)
+    rows = _run(server, admin_key, lambda b: b.services_list(account))
+    show(as_json, "ServiceOut", rows, lambda: _table("services", rows, SERVICE_COLS))
 
 
 @services_app.command("delete")
 def services_delete(service: Annotated[str, typer.Argument(help="Endpoint or id.")],
-                    server: Server = None, admin_key: AdminKey = None):
-    """Delete a service."""
+                    as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
+    """Delete a service (--json: the service as it was)."""
     s = _run(server, admin_key, lambda b: b.services_delete(service))
-    console.print(f"service {s['endpoint']} deleted")
+    show(as_json, "ServiceOut", s, lambda: console.print(f"service {s['endpoint']} deleted"))
 
 
 def usage(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
           days: Annotated[int, typer.Option("--days", min=1, max=3660)] = 7,
           group_by: Annotated[str, typer.Option("--group-by", help="day | model | service | account")] = "day",
-          server: Server = None, admin_key: AdminKey = None):
+          as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Usage totals over the last N days (quota-timezone days)."""
     rows = _run(server, admin_key, lambda b: b.usage(account, days, group_by))
-    _table(f"usage, last {days} day(s), by {group_by}", rows,
-           ["key", "requests", "prompt_tokens", "completion_tokens", "generated_chars", "errors"])
+    show(as_json, "UsageRowOut", rows, lambda: _table(
+        f"usage, last {days} day(s), by {group_by}", rows,
+        ["key", "requests", "prompt_tokens", "completion_tokens", "generated_chars", "errors"]))
 
 
 safety_app = typer.Typer(help="Content safety: the sensitive-word lexicon.", no_args_is_help=True)
@@ -480,7 +514,7 @@ safety_app = typer.Typer(help="Content safety: the sensitive-word lexicon.", no_
 def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="Replace the lexicon with this "
                                                                 "file's terms (one a line; '-' reads stdin).")]
                    = None,
-                   server: Server = None, admin_key: AdminKey = None):
+                   as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Show the lexicon, or replace it with --set FILE. It is stored in the shared store (and the
     lexicon file): the server it is sent to (--server) applies it at once, every other server on
     the same store within WHARF_LEXICON_REFRESH_S (2 s)."""
@@ -496,6 +530,9 @@ def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="R
             err_console.print(f"[red]error:[/red] cannot read {set_file}: {e}")
             raise typer.Exit(1) from None
     out = _run(server, admin_key, lambda b: b.lexicon_get() if terms is None else b.lexicon_set(terms))
+    if as_json:
+        print_json(shaped("LexiconOut", out))
+        return
     if terms is not None:
         console.print(f"lexicon replaced: {len(out['terms'])} term(s) in {out.get('path')}", highlight=False)
         if not server:

@@ -4,17 +4,17 @@ rotation (wharf/platform/key_scope.py, quota.py), on the local store or a server
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Annotated
 
 import typer
 
 from wharf.cli.admin import SECRET_NAMES, AdminKey, Local, Server, _run, console, keys_app
+from wharf.cli.output import Json, print_json, shaped
 
 
-def _out(data: dict, as_json: bool) -> None:
+def _out(data: dict, as_json: bool, schema: str) -> None:
     if as_json:
-        print(json.dumps(data, default=str, ensure_ascii=False))
+        print_json(shaped(schema, data))
         return
     for k, v in data.items():
         console.print(f"{k:>20}: {'' if v is None else v}", highlight=False)
@@ -36,8 +36,7 @@ def keys_scope(credential_id: int,
                                                                "of the account's; negative clears it.")] = None,
                quota_tokens: Annotated[int | None, typer.Option(help="Its own tokens a day; negative clears "
                                                                 "it.")] = None,
-               as_json: Annotated[bool, typer.Option("--json")] = False,
-               server: Server = None, admin_key: AdminKey = None):
+               as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Show a credential's expiry, allow-lists and own daily quota, or set them (only what
     is given changes; 0 allows nothing)."""
     fields: dict = {}
@@ -62,12 +61,11 @@ def keys_scope(credential_id: int,
         if not fields:
             return b._call("GET", f"/credentials/{credential_id}/scope")
         return b._call("PATCH", f"/credentials/{credential_id}/scope", json=_jsonable(fields))
-    _out(_run(server, admin_key, go), as_json)
+    _out(_run(server, admin_key, go), as_json, "ScopeOut")
 
 
 @keys_app.command("quota")
-def keys_quota(credential_id: int, as_json: Annotated[bool, typer.Option("--json")] = False,
-               server: Server = None, admin_key: AdminKey = None):
+def keys_quota(credential_id: int, as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Today's quota of a credential: its own limits and what it (with the rest of its
     rotation line) used and holds."""
     def go(b):
@@ -75,15 +73,14 @@ def keys_quota(credential_id: int, as_json: Annotated[bool, typer.Option("--json
             return {k: (v.isoformat() if isinstance(v, dt.date) else v)
                     for k, v in b.p.quota.credential_status(credential_id).to_dict().items()}
         return b._call("GET", f"/credentials/{credential_id}/quota")
-    _out(_run(server, admin_key, go), as_json)
+    _out(_run(server, admin_key, go), as_json, "CredentialQuotaOut")
 
 
 @keys_app.command("rotate")
 def keys_rotate(credential_id: int,
                 grace: Annotated[int, typer.Option("--grace", min=0, max=365 * 86400,
                                                    help="Seconds the old secret keeps working.")] = 86400,
-                as_json: Annotated[bool, typer.Option("--json")] = False,
-                server: Server = None, admin_key: AdminKey = None):
+                as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """A new secret for a credential; the old one works for --grace seconds more."""
     def go(b):
         if isinstance(b, Local):
@@ -93,7 +90,7 @@ def keys_rotate(credential_id: int,
         return b._call("POST", f"/credentials/{credential_id}/rotate", json={"grace_s": grace})
     out = _run(server, admin_key, go)
     if as_json:
-        print(json.dumps(out, default=str, ensure_ascii=False))
+        print_json(shaped("RotatedOut", out))
         return
     cred = out["credential"]
     console.print(f"credential {cred['id']} ({cred['kind']}) replaces {credential_id}, "

@@ -9,13 +9,13 @@ admin API's (GET /admin/api/requests), in --json output and in exports alike.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from typing import Annotated
 
 import typer
 
 from wharf.cli.admin import AdminKey, CliError, Local, Server, _run, console, jsonable, print_page
+from wharf.cli.output import EXIT_UNREACHABLE, EXIT_USAGE, exit_code_for_status, print_json
 from wharf.platform.request_log import FIELDS, RequestFilter, export_csv, export_json
 
 requests_app = typer.Typer(help="The request log: find a request by its id, list, export.", no_args_is_help=True)
@@ -39,7 +39,8 @@ def _time(value: str | None, option: str) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise CliError(f"{option} must be an ISO 8601 time, e.g. 2026-12-03T10:00 (got {value!r})") from None
+        raise CliError(f"{option} must be an ISO 8601 time, e.g. 2026-12-03T10:00 (got {value!r})",
+                       EXIT_USAGE) from None
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
@@ -89,7 +90,7 @@ def requests_show(request_id: Annotated[str, typer.Argument(help="The id the cli
         return b._call("GET", f"/requests/{request_id}")
     entry = _run(server, admin_key, fetch)
     if as_json:
-        print(json.dumps(entry, ensure_ascii=False))
+        print_json(entry)
         return
     for name in FIELDS:
         console.print(f"{name:>18}: {'' if entry.get(name) is None else entry[name]}", highlight=False)
@@ -120,11 +121,12 @@ def requests_export(account: Account = None, credential: Credential = None, serv
                 with b.http.stream("GET", "/requests/export", params={**q["params"], "format": fmt}) as r:
                     if r.status_code >= 400:
                         r.read()
-                        raise CliError(f"server said {r.status_code}: {r.text[:200]}")
+                        raise CliError(f"server said {r.status_code}: {r.text[:200]}",
+                                       exit_code_for_status(r.status_code))
                     for part in r.iter_text():
                         out.write(part)
             except httpx.HTTPError as e:
-                raise CliError(f"cannot reach the server: {e}") from None
+                raise CliError(f"cannot reach the server: {e}", EXIT_UNREACHABLE) from None
         finally:
             if output:
                 out.close()
