@@ -15,6 +15,7 @@ function limitInputs(prefix, values) {
   const inputs = Object.fromEntries(ACCOUNT_LIMITS.map(([k]) => [k, h("input", { id: `${prefix}-${k}`, "data-limit": k, type: "number",
     min: 0, step: 1, placeholder: "不限 / 默认", value: values && values[k] !== null && values[k] !== undefined ? values[k] : "" })]));
   const grid = h("div", { class: "grid" }, ACCOUNT_LIMITS.map(([k, label]) => h("label", {}, label, inputs[k])));
+  grid.clear = () => Object.values(inputs).forEach(i => { i.value = ""; });
   grid.read = () => Object.fromEntries(ACCOUNT_LIMITS.map(([k]) => [k, inputs[k].value === "" ? null : Number(inputs[k].value)]));
   return grid;
 }
@@ -78,7 +79,7 @@ async function pageAccounts(main) {
     const set = Object.fromEntries(Object.entries(limits.read()).filter(([, v]) => v !== null));
     try {
       await admin("POST", "accounts", { name: name.value.trim(), is_admin: isAdmin.checked, ...set });
-      name.value = ""; await draw(); toast("账户已创建 / account created");
+      name.value = ""; isAdmin.checked = false; limits.clear(); await draw(); toast("账户已创建 / account created");
     } catch (e) { err.textContent = "创建失败 refused: " + e.message; }
   });
   await draw();

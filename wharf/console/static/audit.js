@@ -3,9 +3,11 @@
    its own account's objects: the admin API decides, the page only asks. */
 "use strict";
 
-// "key: before → after" for each changed value (a create has no before, a delete no after).
+// "key: before → after" for each changed value (a create has no before, a delete no after;
+// their empty columns are left out, so a new key reads as what was set on it).
 function auditChanges(e) {
-  const keys = [...new Set([...Object.keys(e.before || {}), ...Object.keys(e.after || {})])];
+  const set = (obj) => Object.keys(obj || {}).filter(k => (e.before && e.after) || obj[k] !== null);
+  const keys = [...new Set([...set(e.before), ...set(e.after)])];
   const show = (v) => v === undefined ? "∅" : JSON.stringify(v);
   return keys.map(k => h("div", { class: "mono change" }, `${k}: `,
     e.before ? show(e.before[k]) : "", e.before && e.after ? " → " : "", e.after ? show(e.after[k]) : ""));

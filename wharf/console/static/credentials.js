@@ -28,6 +28,7 @@ function scopeFields(prefix, scope, accountId) {
     h("label", {}, "允许的模型 Models (不选 = 全部 any)", models),
     h("label", {}, "允许的服务 Services (不选 = 全部 any)", services));
   const chosen = (sel) => [...sel.selectedOptions].map(o => o.value);
+  box.clear = () => { expires.value = ""; [...models.options, ...services.options].forEach(o => { o.selected = false; }); };
   box.read = () => {
     const m = chosen(models), s = chosen(services);
     return { expires_at: localToISO(expires.value) || null, allowed_models: m.length ? m : null,
@@ -64,7 +65,9 @@ async function pageCredentials(main) {
       h("p", {}, h("b", {}, `轮换凭证 Rotate ${c.public_id}`), " — 生成新密钥；旧密钥在宽限期内仍可使用。A new secret; the old one keeps working for the grace period."),
       h("div", { class: "row" }, h("label", {}, "宽限期 Grace", amount), h("label", {}, "单位 Unit", unit),
         h("button", { class: "btn", type: "submit", id: "rot-go" }, "轮换 Rotate"),
-        h("button", { class: "btn ghost", type: "button", onclick: () => panel.replaceChildren() }, "取消 Cancel")), perr);
+        h("button", { class: "btn ghost", type: "button", onclick: () => panel.replaceChildren() }, "取消 Cancel")),
+      c.id === state.me.credential_id ? h("p", { class: "hint" }, "这是本次登录所用的凭证：宽限期结束后请用新密钥重新登录。This session's own key: sign in with the new one before the grace ends.") : null,
+      perr);
     f.addEventListener("submit", async (ev) => {
       ev.preventDefault(); perr.textContent = "";
       try {
@@ -127,7 +130,7 @@ async function pageCredentials(main) {
           throw new Error("范围无效，凭证已吊销 scope refused, the new key was revoked: " + e.message);
         }
       }
-      out.replaceChildren(secretBox(issued)); label.value = "";
+      out.replaceChildren(secretBox(issued)); label.value = ""; if (newScope) newScope.clear();
       await reload();
     } catch (e) { err.textContent = e.message; }
   });
