@@ -224,14 +224,28 @@ def build_console_router() -> APIRouter:
                    "X-Wharf-Console-Proxy": getattr(request.app.state, "console_proxy_token", "")}
         if body:
             headers["Content-Type"] = "application/json"
-        up = await client(request).request(request.method, f"/admin/api/{path}",
-                                           params=list(request.query_params.multi_items()),
-                                           content=body, headers=headers)
+        c = client(request)
+        up = await c.send(c.build_request(request.method, f"/admin/api/{path}",
+                                          params=list(request.query_params.multi_items()),
+                                          content=body, headers=headers), stream=True)
         out = {"Cache-Control": "no-store"}
         if "content-disposition" in up.headers:      # an export names its file
             out["Content-Disposition"] = up.headers["content-disposition"]
-        return Response(up.content, status_code=up.status_code, headers=out,
-                        media_type=up.headers.get("content-type"))
+        if path == "requests/export":
+            # Relayed as it comes: an export of millions of records is never held here whole.
+            async def relay():
+                try:
+                    async for chunk in up.aiter_bytes():
+                        yield chunk
+                finally:
+                    await up.aclose()
+            return StreamingResponse(relay(), status_code=up.status_code, headers=out,
+                                     media_type=up.headers.get("content-type"))
+        try:
+            content = await up.aread()
+        finally:
+            await up.aclose()
+        return Response(content, status_code=up.status_code, headers=out, media_type=up.headers.get("content-type"))
 
     # -- per-day usage series (per model and per service) --------------------------------
     @r.get("/console/api/usage-series")
