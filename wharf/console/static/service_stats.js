@@ -25,7 +25,7 @@ async function serviceStatsCard(all, days) {
   pick.addEventListener("change", draw);
   draw();
   return h("div", { class: "card", id: "svc-stats" },
-    h("div", { class: "row" }, h("h2", {}, "调用统计 Calls per service"), h("label", { class: "inline" }, "服务", pick)),
+    h("div", { class: "row" }, h("h2", {}, "调用统计 Calls per service"), stats.rows.length ? h("label", { class: "inline" }, "服务", pick) : null),
     stats.rows.length ? h("div", { class: "table-wrap" }, h("table", { id: "svc-stats-table", class: "cards" },
       h("thead", {}, h("tr", {}, h("th", {}, "日期 day"), h("th", {}, "服务 service"), h("th", {}, "请求 requests"),
         h("th", {}, "成功/取消/拦截 ok/cancelled/blocked"), h("th", {}, "错误 errors"), h("th", {}, "Tokens"),
