@@ -167,9 +167,9 @@ def test_json_on_the_local_store(cli, tmp_path):
 def _server_app(platform):
     from fastapi import FastAPI
 
+    from tests.platform.conftest import Registry
     from wharf.api.admin_audit import build_audit_router
     from wharf.api.admin_requests import build_requests_router
-    from tests.platform.conftest import Registry
 
     app = FastAPI()
     app.state.platform = platform
@@ -197,10 +197,14 @@ def test_json_against_a_server_has_the_same_fields(cli, tmp_path, remote):
     assert not (tmp_path / "wharf.db").exists()         # the local store was never opened
     assert cli("accounts", "list").exit_code == 0
     seen_local = _exercise(cli, (), _usage_writer(f"sqlite:///{tmp_path / 'wharf.db'}", SecretBox.load(tmp_path)))
+    def first(doc):
+        """A document's first record: of a page, of a list, or the record itself."""
+        if isinstance(doc, dict) and "data" in doc:
+            return doc["data"][0]
+        return doc[0] if isinstance(doc, list) else doc
+
     for name, doc in seen_remote.items():
-        local = seen_local[name]
-        first = (lambda d: d["data"][0] if isinstance(d, dict) and "data" in d else d[0] if isinstance(d, list) else d)
-        assert set(first(doc)) == set(first(local)), name
+        assert set(first(doc)) == set(first(seen_local[name])), name
 
 
 def test_exit_codes(cli, tmp_path, remote):

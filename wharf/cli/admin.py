@@ -17,8 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from wharf.cli.output import (EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE, Json, exit_code_for,
-                              exit_code_for_status, print_json, shaped)
+from wharf.cli.output import (
+    EXIT_NOT_FOUND,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Json,
+    exit_code_for,
+    exit_code_for_status,
+    print_json,
+    shaped,
+)
 from wharf.errors import WharfError
 from wharf.platform import audit
 
@@ -405,15 +413,16 @@ def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or
 
 KEY_COLS = ["id", "account_id", "kind", "public_id", "label", "created_at", "last_used_at", "revoked_at"]
 SECRET_NAMES = {"api_key": [("API key", "api_key")],
-                "qianfan_app": [("API Key (client_id)", "api_key"), ("Secret Key (client_secret)", "secret_key")],
+                "qianfan_app": [("API Key (client_id)", "api_key"),
+                                ("Secret Key (client_secret)", "secret_key")],
                 "qianfan_iam": [("Access Key", "access_key"), ("Secret Key", "secret_key")],
                 "sensenova": [("Access key id", "access_key_id"), ("Secret access key", "secret_access_key")]}
 
 
 @keys_app.command("create")
 def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", help="Account name or id.")] = None,
-                kind: Annotated[str, typer.Option("--kind", "-k", help="api_key | qianfan_app | qianfan_iam | sensenova")]
-                = "api_key",
+                kind: Annotated[str, typer.Option("--kind", "-k",
+                                                  help="api_key | qianfan_app | qianfan_iam | sensenova")] = "api_key",
                 label: Annotated[str, typer.Option("--label", "-l")] = "",
                 as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Create a credential; its secret is shown now and never again."""

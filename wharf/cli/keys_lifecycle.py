@@ -50,7 +50,8 @@ def keys_scope(credential_id: int,
         if models is not None:
             fields["allowed_models"] = None if models == "any" else [m.strip() for m in models.split(",") if m.strip()]
         if services is not None:
-            fields["allowed_services"] = None if services == "any" else [int(x) for x in services.split(",") if x.strip()]
+            fields["allowed_services"] = (None if services == "any"
+                                          else [int(x) for x in services.split(",") if x.strip()])
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

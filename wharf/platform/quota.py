@@ -39,8 +39,7 @@ from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from wharf.errors import Conflict, InvalidParam, NotFound, QuotaExceeded
-from wharf.platform.models import (Account, Credential, CredentialQuotaUsage, QuotaReservation, QuotaUsage,
-                                   utcnow)
+from wharf.platform.models import Account, Credential, CredentialQuotaUsage, QuotaReservation, QuotaUsage, utcnow
 from wharf.platform.store import Store
 
 DEFAULT_TZ = "Asia/Shanghai"
