@@ -38,8 +38,11 @@ def test_scopes_listed_per_account_with_isolation(api):
                         json={"expires_at": "2030-01-02T03:04:05Z", "allowed_models": ["xl"], "allowed_services": [7]})
         assert r.status_code == 200, r.text
         mine = admin.get("/credential-scopes", params={"account_id": acct["alice"]}).json()
-        assert mine == [{"credential_id": cred["alice"], "expires_at": "2030-01-02T03:04:05Z",
-                         "allowed_models": ["xl"], "allowed_services": [7]}]
+        assert [s["credential_id"] for s in mine] == [cred["alice"]]
+        # The same fields as GET /credentials/{id}/scope, whatever a scope comes to hold.
+        assert mine[0] == admin.get(f"/credentials/{cred['alice']}/scope").json()
+        assert (mine[0]["expires_at"], mine[0]["allowed_models"], mine[0]["allowed_services"]) == (
+            "2030-01-02T03:04:05Z", ["xl"], [7])
         everyone = {s["credential_id"] for s in admin.get("/credential-scopes", params={"all": "true"}).json()}
         assert {cred["alice"], cred["bob"]} <= everyone
     with client("bob") as bob:
@@ -47,6 +50,7 @@ def test_scopes_listed_per_account_with_isolation(api):
         assert [s["credential_id"] for s in own] == [cred["bob"]]
         assert own[0]["expires_at"] is None and own[0]["allowed_models"] is None
         # ?all=true means nothing for a tenant; naming another account is refused.
-        assert [s["credential_id"] for s in bob.get("/credential-scopes", params={"all": "true"}).json()] == [cred["bob"]]
+        wide = bob.get("/credential-scopes", params={"all": "true"}).json()
+        assert [s["credential_id"] for s in wide] == [cred["bob"]]
         r = bob.get("/credential-scopes", params={"account_id": acct["alice"]})
         assert r.status_code == 403 and r.json()["error"]["type"] == "permission"

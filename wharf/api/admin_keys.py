@@ -12,8 +12,15 @@ import datetime as dt
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from wharf.api.admin import (AdminRoute, IssuedCredentialOut, _owned, _platform, _require_admin, _target_account,
-                             principal)
+from wharf.api.admin import (
+    AdminRoute,
+    IssuedCredentialOut,
+    _owned,
+    _platform,
+    _require_admin,
+    _target_account,
+    principal,
+)
 from wharf.platform.auth import Principal
 from wharf.platform.key_scope import MAX_LIST, MAX_QUOTA
 

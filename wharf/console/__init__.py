@@ -260,7 +260,8 @@ def build_console_router() -> APIRouter:
         account = None if (all and p.is_admin) else p.account_id
 
         def query():
-            from wharf.platform.models import Service, UsageRecord as U
+            from wharf.platform.models import Service
+            from wharf.platform.models import UsageRecord as U
             out = {}
             for group, col in (("model", U.model), ("service", U.service_id)):
                 q = (select(U.day, col, func.count(U.id), func.coalesce(func.sum(U.prompt_tokens), 0),

@@ -9,10 +9,17 @@ const GRACE_UNITS = { 1: "秒 s", 60: "分钟 min", 3600: "小时 h", 86400: "�
 function scopeOf(scopes, id) { return scopes.find(s => s.credential_id === id) || { expires_at: null, allowed_models: null, allowed_services: null }; }
 function scopeExpired(scope) { return scope.expires_at && new Date(scope.expires_at) <= new Date(); }
 function credServiceName(id) { const s = state.services.find(x => x.id === id); return s ? s.endpoint : `#${id}`; }
+const KEY_QUOTAS = [["quota_chars_per_day", "字符/天 chars/day"], ["quota_tokens_per_day", "tokens/天 tokens/day"]];
+function quotaText(scope) {
+  const set = KEY_QUOTAS.filter(([k]) => scope[k] !== null && scope[k] !== undefined);
+  return set.length ? set.map(([k, label]) => `${scope[k].toLocaleString()} ${label}`).join(" · ") : "";
+}
 function reachText(scope) {
   const models = scope.allowed_models === null ? "全部模型 any model" : (scope.allowed_models.join(", ") || "（无 none）");
   const services = scope.allowed_services === null ? "全部服务 any service" : (scope.allowed_services.map(credServiceName).join(", ") || "（无 none）");
-  return [h("div", { class: "scope-models" }, models), h("div", { class: "scope-services muted" }, services)];
+  const quota = quotaText(scope);
+  return [h("div", { class: "scope-models" }, models), h("div", { class: "scope-services muted" }, services),
+    quota ? h("div", { class: "scope-quota" }, "配额 quota: " + quota) : null];
 }
 
 // Expiry + allow-list inputs, for a new key or an existing one (admins only).
@@ -23,16 +30,24 @@ function scopeFields(prefix, scope, accountId) {
   const models = pick(prefix + "-models", state.models.map(m => [m, m]), scope.allowed_models);
   const services = pick(prefix + "-services", state.services.filter(s => s.account_id === accountId).map(s => [String(s.id), s.endpoint]),
     scope.allowed_services === null ? null : scope.allowed_services.map(String));
+  // The key's own daily quota, on top of its account's (empty: none of its own).
+  const quotas = Object.fromEntries(KEY_QUOTAS.map(([k]) => [k, h("input", { id: `${prefix}-${k}`, type: "number", min: 0, step: 1,
+    placeholder: "不限 none", value: scope[k] === null || scope[k] === undefined ? "" : scope[k] })]));
   const box = h("div", { class: "grid", id: prefix + "-scope" },
     h("label", {}, "到期 Expires (空 = 永不 never)", expires),
     h("label", {}, "允许的模型 Models (不选 = 全部 any)", models),
-    h("label", {}, "允许的服务 Services (不选 = 全部 any)", services));
+    h("label", {}, "允许的服务 Services (不选 = 全部 any)", services),
+    KEY_QUOTAS.map(([k, label]) => h("label", {}, "每日配额 " + label, quotas[k])));
   const chosen = (sel) => [...sel.selectedOptions].map(o => o.value);
-  box.clear = () => { expires.value = ""; [...models.options, ...services.options].forEach(o => { o.selected = false; }); };
+  box.clear = () => {
+    expires.value = ""; [...models.options, ...services.options].forEach(o => { o.selected = false; });
+    Object.values(quotas).forEach(i => { i.value = ""; });
+  };
   box.read = () => {
     const m = chosen(models), s = chosen(services);
     return { expires_at: localToISO(expires.value) || null, allowed_models: m.length ? m : null,
-      allowed_services: s.length ? s.map(Number) : null };
+      allowed_services: s.length ? s.map(Number) : null,
+      ...Object.fromEntries(KEY_QUOTAS.map(([k]) => [k, quotas[k].value === "" ? null : Number(quotas[k].value)])) };
   };
   return box;
 }
@@ -122,7 +137,7 @@ async function pageCredentials(main) {
     const scope = newScope ? newScope.read() : null;
     try {
       const issued = await admin("POST", "credentials", { kind: kind.value, label: label.value });
-      if (scope && (scope.expires_at || scope.allowed_models || scope.allowed_services)) {
+      if (scope && Object.values(scope).some(v => v !== null)) {
         try { await admin("PATCH", `credentials/${issued.credential.id}/scope`, scope); }
         catch (e) {      // never leave behind a key wider than the one asked for
           await admin("POST", `credentials/${issued.credential.id}/revoke`).catch(() => {});
