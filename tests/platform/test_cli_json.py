@@ -36,6 +36,8 @@ MUST = {
     "CredentialQuotaOut": {"credential_id", "day", "chars_limit", "tokens_limit", "chars_used", "tokens_used",
                            "chars_reserved", "tokens_reserved"},
     "RotatedOut": {"credential", "public_id", "secret", "old"},
+    "ContentStorageOut": {"account_id", "retention_days"},
+    "ContentOut": {"request_id", "account_id", "created_at", "expires_at", "prompt", "outputs"},
     "page": {"data", "next_cursor"},
 }
 REQUEST_FIELDS = {"request_id", "created_at", "account_id", "credential_id", "service_id", "model", "dialect",
@@ -43,8 +45,9 @@ REQUEST_FIELDS = {"request_id", "created_at", "account_id", "credential_id", "se
 
 
 def _fields(schema: str) -> set[str]:
-    model = getattr(admin, schema, None) or getattr(admin_keys, schema)
-    return set(model.model_fields)
+    from wharf.cli.output import _schema
+
+    return set(_schema(schema).model_fields)
 
 
 def _check(schema: str, doc) -> None:
@@ -106,6 +109,8 @@ def _exercise(cli, extra: tuple, platform_for_usage) -> dict[str, object]:
 
     acct = run("accounts create", "AccountOut", "carol", "--quota-chars", 1000)
     assert (acct["name"], acct["quota_chars_per_day"]) == ("carol", 1000)
+    assert run("accounts content", "ContentStorageOut", "carol")["retention_days"] is None
+    assert run("accounts content", "ContentStorageOut", "carol", "--keep-days", 7)["retention_days"] == 7
     assert any(a["name"] == "carol" for a in run("accounts list", "AccountOut"))
     assert run("accounts limits", "AccountOut", "carol", "--rpm", 7)["rpm"] == 7
     assert run("accounts disable", "AccountOut", "carol")["status"] == "disabled"
@@ -127,6 +132,8 @@ def _exercise(cli, extra: tuple, platform_for_usage) -> dict[str, object]:
     rec = _json(cli("requests", "show", page["data"][0]["request_id"], "--json", *extra))
     assert set(rec) >= REQUEST_FIELDS and rec["status"] == "ok" and rec["model"] == "xl"
     seen["requests show"] = rec
+    kept = run("requests content", "ContentOut", rec["request_id"])
+    assert (kept["prompt"], kept["outputs"]) == ("长城有多长？", ["两万多公里"])
     rotated = run("keys rotate", "RotatedOut", cid, "--grace", 0)
     _check("CredentialOut", rotated["credential"])
     _check("ScopeOut", rotated["old"])
@@ -142,8 +149,9 @@ def _usage_writer(db_url: str, box: SecretBox):
     def write(account_id: int, credential_id: int, service_id: int) -> None:
         store = Store.open(db_url)
         try:
-            Platform(store, box).usage.record_usage(
-                request_id="chatcmpl-cli-1", account_id=account_id, credential_id=credential_id,
+            Platform(store, box).settle_and_record(
+                "chatcmpl-cli-1", chars=5, tokens=7, reserved=False, content=(7, "长城有多长？", ["两万多公里"]),
+                account_id=account_id, credential_id=credential_id,
                 service_id=service_id, model="xl", dialect="openai", prompt_tokens=3, completion_tokens=4,
                 generated_chars=5, status="ok", ttft_ms=10, latency_ms=20)
         finally:
@@ -169,12 +177,14 @@ def _server_app(platform):
 
     from tests.platform.conftest import Registry
     from wharf.api.admin_audit import build_audit_router
+    from wharf.api.admin_content import build_content_router
     from wharf.api.admin_requests import build_requests_router
 
     app = FastAPI()
     app.state.platform = platform
     app.state.registry = Registry()
-    for build in (admin.build_admin_router, admin_keys.build_keys_router, build_requests_router, build_audit_router):
+    for build in (admin.build_admin_router, admin_keys.build_keys_router, build_requests_router, build_audit_router,
+                  build_content_router):
         app.include_router(build())
     return app
 

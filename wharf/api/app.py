@@ -42,6 +42,7 @@ _OPTIONAL_ROUTERS = [
     ("wharf.api.admin_keys", "build_keys_router"),
     ("wharf.api.admin_audit", "build_audit_router"),
     ("wharf.api.admin_stats", "build_stats_router"),
+    ("wharf.api.admin_content", "build_content_router"),
     ("wharf.console", "build_console_router"),
 ]
 
@@ -124,6 +125,17 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
             except Exception as exc:        # the store may be down for a moment; try again later
                 log.warning("request-log prune failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
+    async def prune_contents_forever(every: float) -> None:
+        """Stored request contents past their account's retention, or of an account that opted out."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                n = await asyncio.to_thread(platform.request_contents.prune)
+                if n:
+                    log.info("deleted %d stored request content(s) past retention", n)
+            except Exception as exc:        # the store may be down for a moment; try again later
+                log.warning("request-content prune failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         access = logging.getLogger("uvicorn.access")       # configured by now
@@ -138,8 +150,10 @@ def create_app(settings: Settings, registry, platform: Platform | None = None) -
         retention_days, log_every = settings.request_log_retention_days, settings.request_log_prune_interval_s
         log_task = (asyncio.create_task(prune_request_log_forever(log_every, dt.timedelta(days=retention_days)))
                     if retention_days > 0 and log_every > 0 else None)
+        # Stored prompts / outputs past each account's own retention (none unless one opted in).
+        content_task = asyncio.create_task(prune_contents_forever(log_every)) if log_every > 0 else None
         yield
-        for t in (task, lexicon_task, prune_task, log_task):
+        for t in (task, lexicon_task, prune_task, log_task, content_task):
             if t is not None:
                 t.cancel()
         limiter.close()

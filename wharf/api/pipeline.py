@@ -10,6 +10,7 @@ metrics. Dialects only format what comes out and map errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -72,6 +73,18 @@ class ChoiceState:
     @property
     def chars(self) -> int:
         return sum(len(t) for t in self.text)
+
+
+def _content(caller: Caller, request: GenerationRequest | None,
+             outputs: list[str] | None) -> tuple[int, str, list[str]] | None:
+    """What to keep of a request whose account opted in to storing content (retention
+    days, prompt or the chat's messages as JSON, what each choice sent); None otherwise."""
+    days = caller.principal.content_retention_days
+    if not days or request is None:
+        return None
+    prompt = (json.dumps(request.messages, ensure_ascii=False, default=str) if request.messages is not None
+              else request.prompt or "")
+    return days, prompt, outputs or []
 
 
 def _limits(rpm=None, tpm=None, qps=None, conc=None, *, scope: str = "") -> Limits | None:
@@ -266,7 +279,8 @@ class Run:
             self.lease.release()
         p.record(caller, self.request, self.model, status=self.status, prompt_tokens=self.prompt_tokens,
                  completion_tokens=self.completion_tokens, chars=self.generated_chars,
-                 ttft=self.ttft, latency=latency, settle_quota=self.reserved)
+                 ttft=self.ttft, latency=latency, settle_quota=self.reserved,
+                 outputs=["".join(c.text) for c in self.choices])
 
 
 class Pipeline:
@@ -373,12 +387,14 @@ class Pipeline:
 
     def record(self, caller: Caller, request: GenerationRequest | None, model: str, *, status: str,
                prompt_tokens: int = 0, completion_tokens: int = 0, chars: int = 0,
-               ttft: float | None = None, latency: float | None = None, settle_quota: bool = False) -> None:
+               ttft: float | None = None, latency: float | None = None, settle_quota: bool = False,
+               outputs: list[str] | None = None) -> None:
         """Write the usage record (with `settle_quota`, in the same transaction as the
         settlement of the request's quota reservation) and observe the metrics."""
         self.platform.settle_and_record(
             request.request_id if request else (caller.request_id or uuid.uuid4().hex), chars=chars,
             tokens=prompt_tokens + completion_tokens, reserved=settle_quota,
+            content=_content(caller, request, outputs),
             account_id=caller.principal.account_id, credential_id=caller.principal.credential_id,
             service_id=caller.service_id, model=model, dialect=caller.dialect, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, generated_chars=chars,

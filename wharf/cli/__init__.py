@@ -2,7 +2,8 @@
 
 import typer
 
-from wharf.cli import admin, audit, keys_lifecycle, requests, serve  # noqa: F401  (keys_lifecycle adds to `keys`)
+# keys_lifecycle adds to `keys`, content to `accounts` and `requests`
+from wharf.cli import admin, audit, content, keys_lifecycle, requests, serve  # noqa: F401
 
 app = typer.Typer(help="Wharf: serve open language models behind the APIs people already use.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)

@@ -46,9 +46,12 @@ def exit_code_for_status(status: int) -> int:
 
 def _schema(name: str) -> type[BaseModel]:
     # Imported when JSON is asked for only: the API layer costs every other command's start-up.
-    from wharf.api import admin, admin_keys
+    from wharf.api import admin, admin_content, admin_keys
 
-    return getattr(admin, name, None) or getattr(admin_keys, name)
+    for module in (admin, admin_keys, admin_content):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise KeyError(name)
 
 
 def shaped(schema: str, value: Any) -> Any:

@@ -80,6 +80,8 @@ class Principal:
     # What the credential may reach (wharf/platform/key_scope.py); None: anything.
     allowed_models: tuple[str, ...] | None = None
     allowed_services: tuple[int, ...] | None = None
+    # Days the account keeps its prompts and outputs (request_content.py); None: never stored.
+    content_retention_days: int | None = None
 
 
 # Per-request lookups, built once (Core, not the ORM: they run on every request).
@@ -114,7 +116,8 @@ def _principal(c, a) -> Principal:
                      quota_tokens_per_day=a.quota_tokens_per_day, credential_rpm=c.rpm,
                      credential_tpm=c.tpm, credential_qps=c.qps, credential_max_concurrency=c.max_concurrency,
                      allowed_models=None if c.allowed_models is None else tuple(json.loads(c.allowed_models)),
-                     allowed_services=None if c.allowed_services is None else tuple(json.loads(c.allowed_services)))
+                     allowed_services=None if c.allowed_services is None else tuple(json.loads(c.allowed_services)),
+                     content_retention_days=a.content_retention_days)
 
 
 # -- BCE v1 helpers (also used by tests and by anyone who wants to sign) -----------

@@ -15,6 +15,7 @@ from wharf.platform.key_scope import KeyScopes
 from wharf.platform.lexicon_store import LexiconStore
 from wharf.platform.private_files import private_dir
 from wharf.platform.quota import DEFAULT_TZ, QuotaBook
+from wharf.platform.request_content import RequestContents
 from wharf.platform.request_log import RequestLog
 from wharf.platform.secretbox import SecretBox
 from wharf.platform.service_stats import ServiceStats
@@ -44,6 +45,7 @@ class Platform:
         self.usage = UsageLog(store, tz)
         self.request_log = RequestLog(store)     # the same rows as usage, by request
         self.service_stats = ServiceStats(store)  # the same rows again, per service and day
+        self.request_contents = RequestContents(store)   # prompts / outputs, only where opted in
         self.key_scopes = KeyScopes(store, self.credentials)
         self.lexicon = LexiconStore(store)
         self.audit = AuditLog(store)             # written by the changes themselves (audit.py)
@@ -73,15 +75,22 @@ class Platform:
                    max_token_lifetime_s=getattr(settings, "max_token_lifetime_s", None))
 
     def settle_and_record(self, request_id: str, *, chars: int, tokens: int, reserved: bool,
-                          **record) -> None:
+                          content: tuple[int, str, list[str]] | None = None, **record) -> None:
         """The end of a request in one write transaction: settle its quota reservation
-        (when it holds one) and write its usage record. If that transaction fails, each
-        is tried on its own, so one failing never costs the other."""
+        (when it holds one), write its usage record and, for an account that opted in,
+        its content (`content`: retention days, prompt, outputs). If that transaction
+        fails, each is tried on its own, so one failing never costs the other."""
+        def keep_content(conn) -> None:
+            days, prompt, outputs = content
+            self.request_contents.write(conn, request_id=request_id, account_id=record["account_id"],
+                                        days=days, prompt=prompt, outputs=outputs)
         try:
             with self.store.write_conn() as conn:
                 if reserved:
                     self.quota.settle(request_id, chars, tokens, conn=conn)
                 self.usage.record_usage(request_id=request_id, conn=conn, **record)
+                if content is not None:
+                    keep_content(conn)
             return
         except Exception:
             log.exception("settle + usage transaction failed for %s; trying each alone", request_id)
@@ -94,6 +103,12 @@ class Platform:
             self.usage.record_usage(request_id=request_id, **record)
         except Exception:
             log.exception("usage record failed for %s", request_id)
+        if content is not None:
+            try:
+                with self.store.write_conn() as conn:
+                    keep_content(conn)
+            except Exception:
+                log.exception("content record failed for %s", request_id)
 
     def reconcile(self, *, older_than_s: float, mode: str = "stale", process_start=None) -> int:
         """Release quota reservations left by a process that died mid-request, writing an

@@ -71,6 +71,9 @@ class Account(Base):
     key_max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
     service_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     service_tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Prompts and outputs are stored only for an account that opted in, for this many
+    # days (wharf/platform/request_content.py); NULL: never stored.
+    content_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Credential(Base):
@@ -165,6 +168,21 @@ class UsageRecord(Base):
     user: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     day: Mapped[dt.date] = mapped_column(Date)
+
+
+class RequestContent(Base):
+    """A request's prompt and outputs, kept only for an account that opted in, until
+    expires_at (its retention then). No foreign key to usage_records: either may be
+    pruned first."""
+
+    __tablename__ = "request_contents"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    prompt: Mapped[str] = mapped_column(Text)          # the prompt, or the chat's messages as JSON
+    outputs: Mapped[str] = mapped_column(Text)         # JSON list: each choice's text
 
 
 class QuotaUsage(Base):
