@@ -360,11 +360,22 @@ def gateway_overhead(url: str, key: str, args, cache: Path) -> dict:
             "per-round overhead ms": [round(p * 1000, 2) for p in paired]}
 
 
-def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict):
+def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict, python: str = sys.executable,
+                 timeout: float = 300):
     env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
            "WHARF_PORT": str(port), **extra_env}
     url = f"http://127.0.0.1:{port}"
-    return launch([sys.executable, "-m", "wharf", "serve"], env, data_dir / "server.log", url, "/health"), url
+    return launch([python, "-m", "wharf", "serve"], env, data_dir / "server.log", url, "/health", timeout), url
+
+
+def over_vllm_env(folder: Path) -> dict:
+    """Wharf on its vLLM backend (issue 17's comparison with `vllm serve` alone): the same
+    folder under the bench's model name, vLLM's own batch limits, and the KV cache the
+    peer vLLM gets."""
+    return {"WHARF_BACKEND": "vllm", "WHARF_LOAD_DEFAULT_MODEL": "false",
+            "WHARF_MODELS": json.dumps({MODEL: str(folder)}),
+            "VLLM_CPU_KVCACHE_SPACE": str(peers.VLLM_KVCACHE_GIB),
+            "PYTHONPATH": str(ROOT)}       # this checkout, whatever the venv has installed
 
 
 # llama-cpp-python's server has no continuous batching (no parallel slots either): one
@@ -630,6 +641,8 @@ def main() -> None:
     peer.add_argument("--rounds", type=int, default=2, help="rounds per server and level")
     peer.add_argument("--also-quantize", choices=["int8", "int4"], default=None,
                       help="a second Wharf server with this quantization (wharf-int8, wharf-int4), in the same rounds")
+    peer.add_argument("--wharf-backend", choices=["torch", "vllm"], default="torch",
+                      help="the Wharf server's backend: vllm runs it in --vllm-python's venv, on vLLM")
     peer.add_argument("--vllm-python", default=peers.vllm_python_default(),
                       help="the Python of a venv with vllm-cpu (default: $WHARF_VLLM_PYTHON or %(default)s)")
     peer.add_argument("--vllm-omp-bind", default=None,
@@ -644,7 +657,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.llama_cpp and llama_cpp_version() is None:
         ap.error("--llama-cpp needs llama-cpp-python: pip install 'wharf[llamacpp]'")
-    if "vllm" in args.peer and not Path(args.vllm_python).is_file():
+    if ("vllm" in args.peer or args.wharf_backend == "vllm") and not Path(args.vllm_python).is_file():
         ap.error(f"--peer vllm: no Python at {args.vllm_python} (--vllm-python; bench/README.md says how to make it)")
     if "llama-server" in args.peer and not Path(args.llama_server).is_file():
         ap.error(f"--peer llama-server: no binary at {args.llama_server} (--llama-server; bench/README.md)")
@@ -663,8 +676,12 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
     port = free_port()
     wharf_env = {"WHARF_DTYPE": args.dtype, "WHARF_QUANTIZE": args.quantize}
+    wharf_python = sys.executable
+    if args.wharf_backend == "vllm":
+        wharf_env.update(over_vllm_env(folder))
+        wharf_python = args.vllm_python
     t0 = time.perf_counter()
-    proc, url = start_server(data_dir, cache, port, wharf_env)
+    proc, url = start_server(data_dir, cache, port, wharf_env, wharf_python, timeout=600)
     wharf_start = round(time.perf_counter() - t0, 1)
     try:
         from wharf.config import Settings
@@ -677,11 +694,12 @@ def main() -> None:
             return
         if args.peer:
             wharfs = [peers.Server("wharf", url, key, proc=proc, info={
-                "version": wharf_version(), "command": [sys.executable, "-m", "wharf", "serve"], "env": wharf_env,
+                "version": wharf_version(), "command": [wharf_python, "-m", "wharf", "serve"], "env": wharf_env,
                 "start-up s": wharf_start})]
             if args.also_quantize:
                 wharfs.append(start_bench_server(cache, f"wharf-{args.also_quantize}",
-                                                 # int8's float32 KV: 12 GiB holds 128 sequences of 2048 tokens (the cache grows only as used)
+                                                 # int8's float32 KV: 12 GiB holds 128 sequences of 2048
+                                                 # tokens (the cache grows only as used)
                                                  {"WHARF_DTYPE": "auto", "WHARF_QUANTIZE": args.also_quantize,
                                                   "WHARF_KV_CACHE_MB": "12288"}))
             try:
@@ -713,7 +731,8 @@ def main() -> None:
             str(c): round(w["out tok/s"] / lc["out tok/s"], 2) if lc["out tok/s"] else None
             for c, w, lc in zip(args.concurrency, wharf_rows, llama_rows)}
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "model": MODEL, "dtype": args.dtype, "quantize": args.quantize, "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
+            "model": MODEL, "dtype": args.dtype, "quantize": args.quantize,
+            "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens,
             "single-stream TPOT / baseline": (round(wharf_rows[0]["TPOT p50 ms"] / rows[0]["TPOT p50 ms"], 2)
                                               if baseline and wharf_rows else None),
             "per request": per_request}

@@ -53,7 +53,8 @@ def fill(store: Store, rows: int, batch: int = 10_000) -> float:
             at = START + dt.timedelta(seconds=i * step)
             err = rnd.random() < 0.05
             values.append(dict(request_id=f"bench-{i:08d}", account_id=rnd.randrange(1, 101),
-                               credential_id=rnd.randrange(1, 301), service_id=rnd.choice([None, rnd.randrange(1, 201)]),
+                               credential_id=rnd.randrange(1, 301),
+                               service_id=rnd.choice([None, rnd.randrange(1, 201)]),
                                model=rnd.choice(MODELS), dialect=rnd.choice(DIALECTS),
                                prompt_tokens=rnd.randrange(1, 2000), completion_tokens=rnd.randrange(0, 500),
                                generated_chars=rnd.randrange(0, 900), n=1,

@@ -4,9 +4,15 @@
     git show d97ca96~1:wharf/platform/safety.py > /tmp/safety_before.py
     .venv/bin/python bench/safety_timeit.py /tmp/safety_before.py  # before issue 15 finding 8
 """
-import importlib.util, sys, timeit, random
+import importlib.util
+import random
+import sys
+import timeit
+
 path = sys.argv[1] if len(sys.argv) > 1 else "wharf/platform/safety.py"
-spec = importlib.util.spec_from_file_location("safety_mod", path); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+spec = importlib.util.spec_from_file_location("safety_mod", path)
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
 rng = random.Random(1)
 words = [''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rng.randint(4, 10))) for _ in range(150)]
 terms = words + ["敏感词%d" % i for i in range(50)]
@@ -21,7 +27,8 @@ def stream():
     g.flush()
 n = 200
 best = min(timeit.repeat(stream, number=n, repeat=5)) / n
-print(f"stream guard: {best / len(chunks) * 1e6:.2f} us per chunk ({len(chunks)} chunks of 4 chars, {len(terms)} terms)")
+print(f"stream guard: {best / len(chunks) * 1e6:.2f} us per chunk "
+      f"({len(chunks)} chunks of 4 chars, {len(terms)} terms)")
 prompt = answer * 5
 best = min(timeit.repeat(lambda: lex.find(prompt), number=200, repeat=5)) / 200
 print(f"input check: {best * 1e6:.1f} us for {len(prompt)} chars")

@@ -9,7 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EMBEDDED_MAX_BATCH = 128    # the embedded engine's KV slots when WHARF_MAX_BATCH_SIZE is unset (vLLM's CPU default)
-KV_CACHE_MB = 6144          # what the embedded engine's KV cache may grow to: 128 sequences of 2048 tokens of SmolLM2 in bf16
+# What the embedded engine's KV cache may grow to: 128 sequences of 2048 tokens of SmolLM2 in bf16.
+KV_CACHE_MB = 6144
 
 
 def default_data_dir() -> Path:
@@ -39,9 +40,11 @@ class Settings(BaseSettings):
     upstream_url: str | None = None
     upstream_api_key: str | None = None      # bearer key the gateway sends to the upstream engine
     upstream_tokenizer: str | None = None    # HF tokenizer folder for exact prompt counts (else estimated)
-    vllm_engine_args: dict = Field(default_factory=dict)  # extra vLLM AsyncEngineArgs, e.g. {"gpu_memory_utilization": 0.85}
+    # Extra vLLM AsyncEngineArgs, e.g. {"gpu_memory_utilization": 0.85}.
+    vllm_engine_args: dict = Field(default_factory=dict)
     dtype: str = "auto"                      # auto (bf16 only where the CPU has it) | bfloat16 | float32
-    quantize: str = "none"                   # none (exact float) | int8 (fbgemm int8 matmuls) | int4 (the GGUF's 4-bit groups)
+    # none (exact float) | int8 (fbgemm int8 matmuls) | int4 (the GGUF's 4-bit groups)
+    quantize: str = "none"
     threads: int | None = None               # torch threads for decode steps (None: all cores)
     prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
 

@@ -196,8 +196,8 @@ def test_csrf_state_changes_need_the_token(server, new_page, user):
         assert r.status_code == 403
     csrf = page.evaluate("fetch('/console/session').then(r => r.json()).then(s => s.csrf)")
     status = page.evaluate("""([b, c]) => fetch('/console/api/admin/services', {method: 'POST',
-        headers: {'Content-Type': 'application/json', 'X-CSRF-Token': c}, body: JSON.stringify(b)}).then(r => r.status)""",
-                           [body, csrf])
+        headers: {'Content-Type': 'application/json', 'X-CSRF-Token': c},
+        body: JSON.stringify(b)}).then(r => r.status)""", [body, csrf])
     assert status == 201
 
 
@@ -227,8 +227,8 @@ def test_credentials_create_copy_revoke(server, new_page, user, shots):
         page.select_option("#cred-kind", kind)
         page.click("#cred-create")
         expect(page.locator("#cred-table tbody tr")).to_have_count(n + 1)
-        expect(page.locator("#cred-table tbody tr").first).to_contain_text(kind.split("_")[0].replace("sensenova", "SenseNova")
-                                                                            .replace("qianfan", "千帆").replace("api", "API"))
+        label = kind.split("_")[0].replace("sensenova", "SenseNova").replace("qianfan", "千帆").replace("api", "API")
+        expect(page.locator("#cred-table tbody tr").first).to_contain_text(label)
     page.on("dialog", lambda d: d.accept())
     page.locator("#cred-table tbody tr").first.locator("button[data-revoke]").click()
     expect(page.locator("#cred-table tbody tr").first).to_contain_text("已吊销")
@@ -277,7 +277,8 @@ def test_playground_qianfan_stream_and_sample_code(server, new_page, user, tmp_p
     set_param(page, "max_output_tokens", 12)
     set_param(page, "temperature", 0.5)
     page.fill("#pg-prompt", "你好")
-    assert f"/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{ep}?access_token=****" in page.locator("#pg-request").inner_text()
+    request_text = page.locator("#pg-request").inner_text()
+    assert f"/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{ep}?access_token=****" in request_text
     send_and_watch(page)
     expect(page.locator("#pg-raw")).to_contain_text('"is_end":true')
     py = copied_code(page, "python")

@@ -8,10 +8,9 @@ import time
 import pytest
 import torch
 
+from tests.engine.conftest import make_engine, run_async
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import ContextLengthExceeded, InvalidParam, Overloaded
-
-from tests.engine.conftest import make_engine, run_async
 
 PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "人工智能是",
            "List three colors:", "The quick brown fox", "In 1492,", "Water boils at"]
@@ -63,8 +62,9 @@ def test_greedy_matches_transformers_alone_and_in_a_mixed_batch(engine, hf_model
 
 
 def test_same_seed_same_output_and_n_samples_share_one_prompt(engine):
-    req = lambda seed, n=1: GenerationRequest(model="smol", prompt="Write a word:",
-                                              sampling=SamplingParams(max_tokens=16, temperature=1.0, seed=seed, n=n))
+    def req(seed, n=1):
+        return GenerationRequest(model="smol", prompt="Write a word:",
+                                 sampling=SamplingParams(max_tokens=16, temperature=1.0, seed=seed, n=n))
 
     async def main():
         a = ids_of((await collect(engine, req(7)))[0])

@@ -8,10 +8,9 @@ import asyncio
 
 import pytest
 
+from tests.engine.conftest import make_engine, run_async
 from wharf.engine.fair_share import water_fill
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
-
-from tests.engine.conftest import make_engine, run_async
 
 
 @pytest.mark.parametrize("demands,capacity,expected", [

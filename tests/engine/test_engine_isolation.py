@@ -10,10 +10,9 @@ import math
 
 import pytest
 
+from tests.engine.conftest import run_async
 from wharf.engine.types import SAMPLING_EPS, FinishReason, GenerationRequest, SamplingParams
 from wharf.errors import Internal, InvalidParam
-
-from tests.engine.conftest import run_async
 
 # Each of these is 0 or infinite once it is a float32: the sampler would divide by zero.
 POISON = [dict(temperature=1e-300), dict(temperature=1e-38), dict(temperature=1e-46),

@@ -10,12 +10,11 @@ import jsonschema
 import pytest
 import torch
 
+from tests.engine.conftest import run_async
 from wharf.engine.grammar import Grammars, Matcher, mask_logits
 from wharf.engine.sampling import SamplerRow, make_generator, sample
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams, StructuredOutput
 from wharf.errors import InvalidParam
-
-from tests.engine.conftest import run_async
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
           "properties": {"name": {"type": "string", "maxLength": 24},

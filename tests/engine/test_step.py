@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engine.conftest import make_engine
 from wharf.engine.runners.base import Fill
 from wharf.engine.runners.torch_llama import LlamaRunner, kv_bytes_per_token
-
-from tests.engine.conftest import make_engine
 
 PROMPTS = [[1, 504, 3458, 282, 4649, 314], [19556, 28, 638, 359, 346, 47, 5248, 1543, 11, 1097], [9690, 1717]]
 

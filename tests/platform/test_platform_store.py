@@ -28,6 +28,7 @@ def test_migrations_on_empty_database_match_models(store):
     with store.engine.connect() as c:
         # the newest revision (others chain on; 0004 is the services' url_suffix)
         from alembic.script import ScriptDirectory
+
         from wharf.platform.store import MIGRATIONS_DIR
         head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
         assert head >= "0004" and c.execute(text("select version_num from alembic_version")).scalar() == head

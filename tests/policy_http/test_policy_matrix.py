@@ -16,8 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.policy_http.dialects import (COMPLETION_DIALECTS, DIALECTS, acall, call, metric, provision,
-                                        request)
+from tests.policy_http.dialects import COMPLETION_DIALECTS, DIALECTS, acall, call, metric, provision, request
 
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 ALL = list(DIALECTS)

@@ -85,7 +85,8 @@ def java_classpath() -> str:
     def build(d: Path) -> None:
         with tarfile.open(SDKS / JAVA_TAR) as t:
             t.extractall(d / "src", filter="data")
-        srcs = sorted(str(p) for p in (d / "src" / "bce-qianfan-sdk" / "java" / "src" / "main" / "java").rglob("*.java"))
+        java_src = d / "src" / "bce-qianfan-sdk" / "java" / "src" / "main" / "java"
+        srcs = sorted(str(p) for p in java_src.rglob("*.java"))
         srcs.append(str(SDKS / "httpclient5-5.3.1" / "BearerToken.java"))     # imported, unused; Debian's lacks it
         (d / "srcs").write_text("\n".join(srcs))
         _run(["javac", "--release", "8", "-nowarn", "-encoding", "UTF-8", "-cp", cp, "-d", str(d / "classes"),

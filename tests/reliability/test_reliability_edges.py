@@ -31,7 +31,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, insert, select as sql_select
+from sqlalchemy import func, insert
+from sqlalchemy import select as sql_select
 
 from tests.reliability.rel_clients import QF_PREFIX, is_error, provision, request_for
 from wharf.errors import RateLimited
@@ -348,7 +349,8 @@ def test_trickling_headers_and_bodies_are_cut(edge):
 
 
 def _upload(server, key: str, size: int, rate: float) -> tuple[float, int | None]:
-    """A valid admin create body of `size` bytes sent at `rate` bytes/s: (seconds, status or None if cut without one)."""
+    """A valid admin create body of `size` bytes sent at `rate` bytes/s: (seconds, status or
+    None if cut without one)."""
     name = f"slow-{uuid.uuid4().hex[:6]}"
     raw = json.dumps({"name": name}).encode()
     raw = raw[:-1] + b" " * (size - len(raw)) + b"}"

@@ -18,8 +18,15 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL
-from tests.reliability.rel_clients import (DIALECTS, QF_PREFIX, error_code, is_error, provision,
-                                           request_for, usage_records)
+from tests.reliability.rel_clients import (
+    DIALECTS,
+    QF_PREFIX,
+    error_code,
+    is_error,
+    provision,
+    request_for,
+    usage_records,
+)
 
 pytestmark = pytest.mark.slow
 VICTIM_TOKENS = 40

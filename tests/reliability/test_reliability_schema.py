@@ -12,9 +12,11 @@ import os
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from hypothesis import given  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,  # noqa: E402
+    settings,
+)
 
 pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("WHARF_SCHEMA_EXAMPLES", 15))

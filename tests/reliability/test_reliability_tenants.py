@@ -33,8 +33,16 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL
-from tests.reliability.rel_clients import (DIALECTS, QF_PREFIX, error_code, is_error, provision, request_for,
-                                           sensenova_jwt, usage_records)
+from tests.reliability.rel_clients import (
+    DIALECTS,
+    QF_PREFIX,
+    error_code,
+    is_error,
+    provision,
+    request_for,
+    sensenova_jwt,
+    usage_records,
+)
 from wharf.platform.auth import bce_canonical_request, bce_sign
 
 pytestmark = pytest.mark.slow

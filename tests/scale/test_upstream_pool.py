@@ -32,7 +32,6 @@ from wharf.config import Settings
 from wharf.engine.external import upstream_pool
 from wharf.engine.external.upstream_pool import UpstreamModel, UpstreamPool
 
-
 # -- the pool's choice logic, no HTTP ---------------------------------------------------
 
 class Clock:

@@ -326,7 +326,8 @@ def test_window_and_max_tokens_checked(tokenizer):
     from wharf.errors import ContextLengthExceeded
     engine = _engine(FakeLLM([["x"]]), tokenizer, window=8)
     with pytest.raises(ContextLengthExceeded):
-        engine.prepare(GenerationRequest(model=MODEL, prompt="one two three four five", sampling=SamplingParams(max_tokens=6)))
+        engine.prepare(GenerationRequest(model=MODEL, prompt="one two three four five",
+                                         sampling=SamplingParams(max_tokens=6)))
     with pytest.raises(InvalidParam):
         engine.prepare(GenerationRequest(model=MODEL, prompt="x", sampling=SamplingParams(max_tokens=0)))
 
@@ -411,7 +412,7 @@ def test_build_reads_the_window_back_from_vllm(tokenizer, model_folder, monkeypa
     sampling_module.SamplingParams, sampling_module.RequestOutputKind = FakeSamplingParams, RequestOutputKind
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_module)
-    from wharf.engine.external import vllm_backend    # no vllm installed here: skip the device pick
+    from wharf.engine.external import vllm_backend  # no vllm installed here: skip the device pick
     monkeypatch.setattr(vllm_backend, "prepare_vllm", lambda: "a stand-in vLLM")
     monkeypatch.setattr(vllm_backend, "import_vllm", lambda: vllm)
 

@@ -480,7 +480,8 @@ def _parity_request(srv, ident, dialect: str, fields: dict) -> tuple[str, str, s
         c = r.json()["choices"][0]
         return "ok", c["finish_reason"], c["message"]["content"] if chat else c["text"]
     if dialect == "welm":
-        r = httpx.post(srv.url + "/welm/v1/completions", timeout=120, headers={"Authorization": f"Bearer {ident.api_key}"},
+        r = httpx.post(srv.url + "/welm/v1/completions", timeout=120,
+                       headers={"Authorization": f"Bearer {ident.api_key}"},
                        json={"model": MODEL, "prompt": PROMPT, "max_tokens": 8, **fields})
         if r.status_code != 200:
             return "error", f"{r.status_code} {r.json()['choices'][0]['finish_reason']}", ""

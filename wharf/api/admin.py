@@ -34,8 +34,20 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from wharf.api.dialect import Dialect, retry_after
-from wharf.errors import (AuthError, Conflict, InvalidParam, InvalidRequest, NotFound, Overloaded, PermissionDenied,
-                          QuotaExceeded, RateLimited, Timeout, WharfError, by_kind)
+from wharf.errors import (
+    AuthError,
+    Conflict,
+    InvalidParam,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    Timeout,
+    WharfError,
+    by_kind,
+)
 from wharf.platform import audit, validate
 from wharf.platform.auth import Principal
 

@@ -221,7 +221,8 @@ async def service_list(request: Request):
         if filters is not None and svc.kind not in filters:
             continue
         # Every field a string: the Go SDK's struct has serviceId as one.
-        entries.append({"serviceId": str(svc.id), "name": svc.endpoint, "url": f"{base}{PREFIX}/{svc.kind}/{svc.endpoint}",
+        entries.append({"serviceId": str(svc.id), "name": svc.endpoint,
+                        "url": f"{base}{PREFIX}/{svc.kind}/{svc.endpoint}",
                         "apiType": svc.kind, "chargeStatus": "RUNNING", "model": svc.model,
                         "description": svc.description,
                         "versionList": [{"trainType": svc.model, "serviceStatus": "Done"}]})

@@ -28,9 +28,9 @@ import json
 import logging
 import resource
 
-log = logging.getLogger("wharf.http")
-
 from wharf.api.header_case import CanonicalHeadersProtocol
+
+log = logging.getLogger("wharf.http")
 
 
 def server_options(settings) -> dict:

@@ -39,9 +39,14 @@ def load_models(settings: Settings):
     if settings.backend not in ("torch", "vllm"):
         raise typer.BadParameter(f"unknown backend {settings.backend!r}: torch, vllm or upstream",
                                  param_hint="--backend")
+    from wharf.engine.registry import (
+        ModelSpec,
+        default_spec,
+        keep_this_thread_single_threaded,
+        load_registry,
+        load_vllm_registry,
+    )
     from wharf.engine.runners.linear import QUANTIZE
-    from wharf.engine.registry import (ModelSpec, default_spec, keep_this_thread_single_threaded, load_registry,
-                                      load_vllm_registry)
 
     if settings.quantize not in QUANTIZE:
         raise typer.BadParameter(f"unknown quantization {settings.quantize!r}: {' or '.join(QUANTIZE)}",
@@ -69,7 +74,8 @@ def load_models(settings: Settings):
             registry = load_registry(specs, settings.aliases, dtype=settings.dtype, quantize=settings.quantize,
                                      prefill_threads=settings.prefill_threads, decode_threads=settings.threads,
                                      prefix_cache_mb=settings.prefix_cache_mb, kv_cache_mb=settings.kv_cache_mb,
-                                     cache_dir=settings.cache_dir, max_batch_size=settings.embedded_max_batch, max_model_len=settings.max_model_len,
+                                     cache_dir=settings.cache_dir, max_batch_size=settings.embedded_max_batch,
+                                     max_model_len=settings.max_model_len,
                                      max_queue=settings.max_queue, prefill_chunk=settings.prefill_chunk, log=log)
     for info in registry.list():
         weights = info.dtype if info.quantize == "none" else f"{info.dtype}, {info.quantize} matmuls"
@@ -144,14 +150,14 @@ def register(app: typer.Typer) -> None:
             help="Tokenizer folder for exact prompt counts with --backend upstream (else estimated).")] = None,
     ) -> None:
         """Serve the models behind the Qianfan, WeLM, SenseNova and OpenAI APIs."""
+        import datetime as dt
+
         import uvicorn
 
         from wharf.api.app import create_app
         from wharf.api.slow_clients import raise_fd_limit, server_options
         from wharf.platform.core import Platform
         from wharf.platform.private_files import private_dir
-
-        import datetime as dt
         process_start = dt.datetime.now(dt.timezone.utc)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         base = Settings()

@@ -4,10 +4,11 @@ turns of a chat are prefilled once, then copied into the next request's slot.
 The cache holds blocks of BLOCK positions, each keyed by a namespace (the tenant: one
 account's prompts never warm another's, so hit timing or counters reveal nothing of
 them, as vLLM's cache_salt) and the exact token ids from the start of the prompt to the
-block's end (so a block is only ever reused after the very same prefix). A prompt's lookup walks its blocks from the first while they are
-cached; a hit must leave at least one prompt token to prefill, whose logits choose
-the first output token. Eviction is least recently used, and a hit touches its
-blocks deepest first, so a chain loses its tail before its head.
+block's end (so a block is only ever reused after the very same prefix). A prompt's
+lookup walks its blocks from the first while they are cached; a hit must leave at
+least one prompt token to prefill, whose logits choose the first output token.
+Eviction is least recently used, and a hit touches its blocks deepest first, so a chain
+loses its tail before its head.
 """
 
 from __future__ import annotations

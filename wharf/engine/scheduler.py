@@ -18,8 +18,8 @@ KV of its first `kv` positions. New and preempted sequences enter the same way: 
 slot is filled with the KV of all their tokens, by copying from a sibling choice that
 shares the prompt, from the prefix cache, or by prefill in chunks of the step's budget
 (so a long prompt never stalls running streams for long; the chunks ride in the same
-pass as the decodes), and their next token is sampled from the last logits. From then on kv == len(token_ids) - 1 and each decode
-step feeds the last token and samples the next, batched with everyone else.
+pass as the decodes), and their next token is sampled from the last logits. From then
+on kv == len(token_ids) - 1 and each decode step feeds the last token and samples the next, batched with everyone else.
 """
 
 from __future__ import annotations

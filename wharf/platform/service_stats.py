@@ -93,7 +93,8 @@ class ServiceStats:
                     if ttft is not None:
                         a.ttft.append(ttft)
             ids = {sid for sid, _ in acc}
-            endpoints = {r.id: r.endpoint for r in s.execute(select(Service.id, Service.endpoint).where(Service.id.in_(ids)))}
+            rows = s.execute(select(Service.id, Service.endpoint).where(Service.id.in_(ids)))
+            endpoints = {r.id: r.endpoint for r in rows}
         out = []
         for (sid, day), a in sorted(acc.items(), key=lambda kv: (-kv[0][1].toordinal(), kv[0][0])):
             a.latency.sort()

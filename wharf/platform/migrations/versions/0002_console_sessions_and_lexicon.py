@@ -8,9 +8,8 @@ Revises: 0001
 Create Date: 2026-11-24 10:02:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0002'
 down_revision = '0001'

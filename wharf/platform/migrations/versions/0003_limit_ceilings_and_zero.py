@@ -17,9 +17,8 @@ Revises: 0002
 Create Date: 2026-12-02 10:00:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'

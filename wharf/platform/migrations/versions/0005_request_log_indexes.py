@@ -12,7 +12,6 @@ Create Date: 2026-12-03 12:00:00.000000
 
 from alembic import op
 
-
 revision = '0005'
 down_revision = '0004'
 branch_labels = None

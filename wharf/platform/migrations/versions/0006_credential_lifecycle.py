@@ -9,9 +9,8 @@ Revises: 0005
 Create Date: 2026-12-03 13:00:00.000000
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0006'
 down_revision = '0005'
