@@ -19,12 +19,7 @@ model names, request.app.state.registry with .names() -> list[str].
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -48,10 +43,9 @@ from wharf.errors import (
     WharfError,
     by_kind,
 )
-from wharf.platform import audit, validate
+from wharf.platform import audit
 from wharf.platform.auth import Principal
-
-log = logging.getLogger("wharf.admin")
+from wharf.platform.lexicon_terms import MAX_TERM_CHARS, MAX_TERMS, replace_lexicon
 
 # The admin API's and console's error table; a kind not in it is an internal error (500).
 STATUS = {AuthError: 401, PermissionDenied: 403, NotFound: 404, Conflict: 409, InvalidParam: 400,
@@ -268,7 +262,7 @@ class QuotaOut(_Out):
 
 class LexiconIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    terms: list[Annotated[str, Field(max_length=256)]] = Field(max_length=100_000)
+    terms: list[Annotated[str, Field(max_length=MAX_TERM_CHARS)]] = Field(max_length=MAX_TERMS)
 
 
 class LexiconOut(BaseModel):
@@ -493,18 +487,7 @@ def build_admin_router() -> APIRouter:
         WHARF_LEXICON_REFRESH_S (default 2 s), when it next checks the version. Also
         written to the lexicon file, which seeds the store of a fresh install."""
         _require_admin(p)
-        terms = [t.strip() for t in body.terms if t.strip()]
-        if any("\n" in t or "\r" in t or t.startswith("#") for t in terms):
-            raise InvalidParam("a term cannot contain a line break or start with '#'", param="terms")
-        if any(validate.has_lone_surrogate(t) for t in terms):
-            raise InvalidParam("a term holds a lone UTF-16 surrogate (not valid Unicode text)", param="terms")
-        request.app.state.lexicon.replace(terms)
-        path = getattr(request.app.state, "lexicon_path", None)
-        if path is not None:
-            try:
-                _write_lexicon(Path(path), terms)
-            except OSError as e:      # the store has it (and wins at every start): not worth a 500
-                log.warning("lexicon stored, but the file %s could not be written: %s", path, e)
+        replace_lexicon(request.app.state.lexicon, body.terms, getattr(request.app.state, "lexicon_path", None))
         return _lexicon_out(request)
 
     return r
@@ -516,21 +499,6 @@ def _lexicon_out(request: Request) -> LexiconOut:
     sync = getattr(request.app.state, "lexicon", None)
     return LexiconOut(terms=terms, count=len(terms), path=str(path) if path is not None else None,
                       version=sync.version if sync is not None else None)
-
-
-def _write_lexicon(path: Path, terms: list[str]) -> None:
-    """Atomically: a crash never leaves half a lexicon."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".lexicon-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("# Wharf lexicon: one term per line (written by the admin API)\n")
-            f.writelines(t + "\n" for t in terms)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # The admin API and the console share one error shape; their routers are built per app.

@@ -31,16 +31,13 @@ import asyncio
 import datetime as dt
 import hmac
 import json
-import time
 from pathlib import Path
 
 import httpx
-import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
-from sqlalchemy import func, select
 
-from wharf.errors import WharfError
+from wharf.errors import NotFound, WharfError
 from wharf.platform.console_sessions import SESSION_TTL_S, Session
 
 HERE = Path(__file__).resolve().parent
@@ -257,41 +254,9 @@ def build_console_router() -> APIRouter:
         plat = platform(request)
         until = plat.quota.today()
         since = until - dt.timedelta(days=days - 1)
+        # Every account's only for an admin who asks; the caller's own otherwise.
         account = None if (all and p.is_admin) else p.account_id
-
-        def query():
-            from wharf.platform.models import Service
-            from wharf.platform.models import UsageRecord as U
-            out = {}
-            for group, col in (("model", U.model), ("service", U.service_id)):
-                q = (select(U.day, col, func.count(U.id), func.coalesce(func.sum(U.prompt_tokens), 0),
-                            func.coalesce(func.sum(U.completion_tokens), 0),
-                            func.coalesce(func.sum(U.generated_chars), 0))
-                     .where(U.day >= since, U.day <= until).group_by(U.day, col).order_by(U.day))
-                if account is not None:
-                    q = q.where(U.account_id == account)
-                with plat.store.read() as s:
-                    rows = s.execute(q).all()
-                    names = {}
-                    if group == "service":
-                        ids = {r[1] for r in rows if r[1] is not None}
-                        if ids:
-                            names = dict(s.execute(select(Service.id, Service.endpoint)
-                                                   .where(Service.id.in_(ids))).all())
-                series = []
-                for day, k, req, pt, ct, ch in rows:
-                    if group == "service":
-                        label = "(no service)" if k is None else names.get(k, f"#{k} (deleted)")
-                    else:
-                        label = str(k)
-                    series.append({"day": day.isoformat() if hasattr(day, "isoformat") else str(day),
-                                   "key": label, "requests": int(req), "tokens": int(pt) + int(ct),
-                                   "prompt_tokens": int(pt), "completion_tokens": int(ct),
-                                   "chars": int(ch)})
-                out[group] = series
-            return out
-
-        data = await asyncio.to_thread(query)
+        data = await asyncio.to_thread(plat.usage.daily_series, account, since, until)
         return JSONResponse({"since": since.isoformat(), "until": until.isoformat(), "account_id": account,
                              **data}, headers={"Cache-Control": "no-store"})
 
@@ -306,14 +271,6 @@ def build_console_router() -> APIRouter:
                         headers={"Cache-Control": "no-store"})
 
     # -- playground proxy -----------------------------------------------------------------
-    def own_secret(plat, account_id: int, credential_id, kind: str) -> tuple[str, str]:
-        from wharf.platform.models import Credential
-        with plat.store.read() as s:
-            c = s.get(Credential, int(credential_id)) if str(credential_id).isdigit() else None
-            if c is None or c.account_id != account_id or c.kind != kind or c.revoked_at is not None:
-                raise LookupError(f"pick one of your active {kind} credentials")
-            return c.public_id, plat.secret_box.decrypt(c.secret_encrypted or "")
-
     @r.post("/console/api/playground")
     async def playground(request: Request):
         sess, p, bad = await guard(request)
@@ -338,19 +295,15 @@ def build_console_router() -> APIRouter:
         try:
             if scheme == "bearer":
                 headers["Authorization"] = f"Bearer {sess.key}"
-            elif scheme == "qianfan_app":
-                ak, sk = await asyncio.to_thread(own_secret, plat, p.account_id, spec.get("credential_id"),
-                                                 "qianfan_app")
-                token, _ = await asyncio.to_thread(plat.authenticator.issue_qianfan_token, ak, sk)
-                params["access_token"] = token
+            elif scheme == "qianfan_app":     # a token of one of the user's own credentials
+                params["access_token"] = await asyncio.to_thread(
+                    plat.authenticator.client_token, p.account_id, spec.get("credential_id"), "qianfan_app")
             else:
-                ak, sk = await asyncio.to_thread(own_secret, plat, p.account_id, spec.get("credential_id"),
-                                                 "sensenova")
-                now = int(time.time())
-                token = jwt.encode({"iss": ak, "exp": now + 1800, "nbf": now - 5}, sk, algorithm="HS256")
+                token = await asyncio.to_thread(plat.authenticator.client_token, p.account_id,
+                                                spec.get("credential_id"), "sensenova")
                 headers["Authorization"] = f"Bearer {token}"
-        except LookupError as e:
-            return _err(400, str(e))
+        except NotFound as e:                 # not one of the user's active credentials of that kind
+            return _err(400, e.message)
         except WharfError as e:
             return _err(400, f"credential: {e.message}")
         c = client(request)

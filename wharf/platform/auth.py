@@ -5,6 +5,8 @@
   qianfan_access_token(token)          Qianfan ?access_token=
   bce_signature(...)                   Qianfan IAM: BCE auth v1 AK/SK signature
   sensenova_jwt(token)                 SenseNova: HS256 JWT, iss = access key id
+  client_token(account, credential, kind)  what a client of one of the account's own
+                                       credentials sends (the console's playground)
 
 Every scheme looks the credential and its account up in the store on every
 request (one indexed query, no cache), so a revoked credential or a disabled
@@ -38,7 +40,7 @@ from types import SimpleNamespace
 import jwt
 from sqlalchemy import bindparam, select
 
-from wharf.errors import AuthError
+from wharf.errors import AuthError, InvalidParam
 from wharf.platform.credentials import Credentials, hash_key
 from wharf.platform.models import AccessToken, Account, Credential, utcnow
 from wharf.platform.secretbox import SecretBox
@@ -48,6 +50,7 @@ QIANFAN_TOKEN_TTL_S = 30 * 24 * 3600        # what Baidu does
 EXPIRED_TOKEN_KEEP_S = 7 * 24 * 3600        # expired tokens answer "expired" (111) this long, then "invalid"
 BCE_FUTURE_SKEW_S = 300                     # a signature timestamp may be this far ahead of our clock
 JWT_LEEWAY_S = 5                            # the sensenova SDK sets nbf = now - 5, exp = now + 1800
+SENSENOVA_JWT_LIFETIME_S = 1800
 # The longest a self-signed credential may still be valid: a JWT's exp - now, a BCE
 # signature's expiration (Settings.max_token_lifetime_s). Both SDKs use 1800 s.
 MAX_TOKEN_LIFETIME_S = 24 * 3600
@@ -188,6 +191,14 @@ def _signed_value_variants(lower: dict, ts: str, t0: dt.datetime, t1: dt.datetim
                 values["x-bce-date"] = date
             out.append(values)
     return out
+
+
+def sign_sensenova_jwt(access_key_id: str, secret: str, now: float | None = None) -> str:
+    """A SenseNova JWT as its SDK signs one: HS256, iss = the access key id, valid from 5 s
+    ago for SENSENOVA_JWT_LIFETIME_S."""
+    t = int(time.time() if now is None else now)
+    return jwt.encode({"iss": access_key_id, "exp": t + SENSENOVA_JWT_LIFETIME_S, "nbf": t - JWT_LEEWAY_S},
+                      secret, algorithm="HS256")
 
 
 class Authenticator:
@@ -342,6 +353,17 @@ class Authenticator:
         return self._ok(c, a)
 
     # -- SenseNova JWT ------------------------------------------------------
+    def client_token(self, account_id: int, credential_id, kind: str) -> str:
+        """A token made from one of `account_id`'s own active credentials, as its client
+        would make it: a Qianfan access token (kind qianfan_app) or a SenseNova JWT
+        (sensenova). Not the account's credential: NotFound (Credentials.own_secret)."""
+        if kind not in ("qianfan_app", "sensenova"):
+            raise InvalidParam("kind must be qianfan_app or sensenova", param="kind")
+        public_id, secret = self.credentials.own_secret(account_id, credential_id, kind)
+        if kind == "qianfan_app":
+            return self.issue_qianfan_token(public_id, secret)[0]
+        return sign_sensenova_jwt(public_id, secret)
+
     def sensenova_jwt(self, token: str | None, now: float | None = None) -> Principal:
         """HS256 only; iss = the access key id; exp and nbf required. Refused ("invalid")
         before any signature work: a `crit` header (RFC 7515 4.1.11: Wharf understands no

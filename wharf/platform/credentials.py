@@ -164,6 +164,20 @@ class Credentials:
                 raise NotFound(f"credential {credential_id} not found", reason="credential")
             return CredentialInfo.of(c)
 
+    def own_secret(self, account_id: int, credential_id, kind: str) -> tuple[str, str]:
+        """(public id, secret) of one of `account_id`'s own active credentials of `kind`, which
+        a client of it signs with (the console's playground does). Another account's, a revoked
+        one, one of another kind or an id that is no number: NotFound, as if there were none."""
+        ref = str(credential_id)
+        with self.store.read() as s:
+            # ASCII digits of at most 18: int() takes other digits, and the store 64-bit ids only.
+            c = s.get(Credential, int(ref)) if ref.isascii() and ref.isdigit() and len(ref) <= 18 else None
+            if c is None or c.account_id != account_id or c.kind != kind or c.revoked_at is not None:
+                raise NotFound(f"pick one of your active {kind} credentials", reason="credential")
+            if self.box is None:
+                raise Internal("no secret box configured")
+            return c.public_id, self.box.decrypt(c.secret_encrypted or "")
+
     # -- change -------------------------------------------------------------
     def revoke(self, credential_id: int) -> CredentialInfo:
         """Revoke now; the next request with it fails. Revoking twice keeps the first time."""

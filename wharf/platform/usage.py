@@ -25,6 +25,29 @@ def _text(value, n: int) -> str:
     return s if s.isascii() else _SURROGATE.sub("\ufffd", s)
 
 
+def _totals() -> tuple:
+    """Requests, prompt tokens, completion tokens, generated characters: a group's sums."""
+    U = UsageRecord
+    return (func.count(U.id), func.coalesce(func.sum(U.prompt_tokens), 0),
+            func.coalesce(func.sum(U.completion_tokens), 0), func.coalesce(func.sum(U.generated_chars), 0))
+
+
+def _day(value) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _service_names(s, ids) -> dict[int, str]:
+    """Service id -> endpoint, for the ids given (None and deleted services left out)."""
+    ids = {i for i in ids if i is not None}
+    if not ids:
+        return {}
+    return dict(s.execute(select(Service.id, Service.endpoint).where(Service.id.in_(ids))).all())
+
+
+def _service_label(service_id: int | None, names: dict[int, str], no_service: str) -> str:
+    return no_service if service_id is None else names.get(service_id, f"#{service_id} (deleted)")
+
+
 @dataclass(frozen=True)
 class UsageRow:
     key: str                  # the day (ISO), model name, service endpoint or account id
@@ -81,10 +104,8 @@ class UsageLog:
             raise InvalidParam(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
         U = UsageRecord
         key = {"day": U.day, "model": U.model, "service": U.service_id, "account": U.account_id}[group_by]
-        q = select(key, func.count(U.id), func.coalesce(func.sum(U.prompt_tokens), 0),
-                   func.coalesce(func.sum(U.completion_tokens), 0),
-                   func.coalesce(func.sum(U.generated_chars), 0),
-                   func.count(U.id).filter(U.status.like("error:%"))).group_by(key).order_by(key)
+        q = (select(key, *_totals(), func.count(U.id).filter(U.status.like("error:%")))
+             .group_by(key).order_by(key))
         if account_id is not None:
             q = q.where(U.account_id == account_id)
         if since is not None:
@@ -93,20 +114,38 @@ class UsageLog:
             q = q.where(U.day <= until)
         with self.store.read() as s:
             rows = s.execute(q).all()
-            names = {}
-            if group_by == "service":
-                ids = [r[0] for r in rows if r[0] is not None]
-                if ids:
-                    names = dict(s.execute(select(Service.id, Service.endpoint).where(Service.id.in_(ids))).all())
+            names = _service_names(s, [r[0] for r in rows]) if group_by == "service" else {}
         out = []
         for k, req, pt, ct, ch, err in rows:
             if group_by == "day":
-                label = k.isoformat() if hasattr(k, "isoformat") else str(k)
+                label = _day(k)
             elif group_by == "service":
-                label = "-" if k is None else names.get(k, f"#{k} (deleted)")
+                label = _service_label(k, names, "-")
             else:
                 label = str(k)
             out.append(UsageRow(label, int(req), int(pt), int(ct), int(ch), int(err or 0)))
+        return out
+
+    def daily_series(self, account_id: int | None, since: dt.date, until: dt.date) -> dict[str, list[dict]]:
+        """The console's charts: per day and model, and per day and service (its endpoint),
+        the requests, tokens and characters over days [since, until], optionally for one
+        account. {"model": [{day, key, requests, tokens, prompt_tokens, completion_tokens,
+        chars}, ...], "service": [...]}, each oldest day first."""
+        U = UsageRecord
+        out = {}
+        for group, col in (("model", U.model), ("service", U.service_id)):
+            q = (select(U.day, col, *_totals()).where(U.day >= since, U.day <= until)
+                 .group_by(U.day, col).order_by(U.day))
+            if account_id is not None:
+                q = q.where(U.account_id == account_id)
+            with self.store.read() as s:
+                rows = s.execute(q).all()
+                names = _service_names(s, [r[1] for r in rows]) if group == "service" else {}
+            out[group] = [{"day": _day(day),
+                           "key": _service_label(k, names, "(no service)") if group == "service" else str(k),
+                           "requests": int(req), "tokens": int(pt) + int(ct), "prompt_tokens": int(pt),
+                           "completion_tokens": int(ct), "chars": int(ch)}
+                          for day, k, req, pt, ct, ch in rows]
         return out
 
     def records(self, account_id: int | None = None, limit: int = 100) -> list[dict]:
