@@ -3,7 +3,8 @@
 By default they work on the local store (the database and secret key that
 Settings name: WHARF_DATA_DIR, WHARF_DATABASE_URL, WHARF_SECRET_KEY). With
 `--server URL --admin-key KEY` (or env WHARF_SERVER / WHARF_ADMIN_KEY) they
-call a running server's admin API instead. `--json` prints what a command shows in the
+call a running server's admin API instead: the same operations (wharf/cli/operations.py)
+over either transport (wharf/cli/transport.py). `--json` prints what a command shows in the
 admin API's field names, and the exit code says how it ended (wharf/cli/output.py).
 """
 
@@ -11,266 +12,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from wharf.cli.output import (
-    EXIT_NOT_FOUND,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    Json,
-    exit_code_for,
-    exit_code_for_status,
-    print_json,
-    shaped,
-)
-from wharf.errors import WharfError
-from wharf.platform import audit
+from wharf.cli import operations as ops
+from wharf.cli.output import EXIT_USAGE, Json, print_json, shaped
+from wharf.cli.transport import err_console, run
 
 console = Console()
-err_console = Console(stderr=True)
 
 Server = Annotated[str | None, typer.Option("--server", envvar="WHARF_SERVER",
                                             help="Use a running server's admin API at this URL.")]
 AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="WHARF_ADMIN_KEY",
                                               help="API key for --server (an admin account's key).")]
 KINDS = ("api_key", "qianfan_app", "qianfan_iam", "sensenova")
-
-
-class CliError(Exception):
-    """An expected failure: its message goes to stderr and the command exits with `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# -- backends: the same operations on the local store or over HTTP --------------------
-
-class Local:
-    def __init__(self):
-        from wharf.config import Settings
-        from wharf.platform.core import Platform
-
-        self.settings = Settings()
-        self.p = Platform.open(self.settings, model_exists=self._model_exists)
-
-    def _model_exists(self, name: str) -> bool:
-        s = self.settings
-        names = set(s.models) | set(s.aliases)
-        if s.load_default_model:
-            names.add(s.default_model)
-        return name in names
-
-    def _acc(self, ref) -> int:
-        if ref is None:
-            raise CliError("--account is required when working on the local store", EXIT_USAGE)
-        return self.p.accounts.resolve(ref).id
-
-    def accounts_create(self, name, is_admin, limits):
-        return self.p.accounts.create(name, is_admin=is_admin, **limits).to_dict()
-
-    def accounts_list(self):
-        return [a.to_dict() for a in self.p.accounts.list()]
-
-    def accounts_status(self, ref, status):
-        return self.p.accounts.set_status(self._acc(ref), status).to_dict()
-
-    def accounts_limits(self, ref, limits):
-        return self.p.accounts.update_limits(self._acc(ref), **limits).to_dict()
-
-    def keys_limits(self, cred_id, limits):
-        return self.p.credentials.update_limits(cred_id, **limits).to_dict()
-
-    def lexicon_get(self):
-        """The store's lexicon (what servers enforce); the file only while the store has none."""
-        from wharf.platform.safety import load_terms
-
-        path = self.settings.resolved_lexicon_path
-        stored = self.p.lexicon.read()
-        if stored is not None:
-            return {"terms": stored.terms, "count": len(stored.terms), "path": str(path), "version": stored.version}
-        terms = load_terms(path) if path.exists() else []
-        return {"terms": terms, "count": len(terms), "path": str(path), "version": None}
-
-    def lexicon_set(self, terms):
-        from wharf.api.admin import _write_lexicon
-
-        self.p.lexicon.replace(terms)
-        _write_lexicon(self.settings.resolved_lexicon_path, terms)
-        return self.lexicon_get()
-
-    def keys_create(self, account, kind, label):
-        return self.p.credentials.create(self._acc(account), kind, label=label).to_dict()
-
-    def keys_list(self, account):
-        return [c.to_dict() for c in self.p.credentials.list(None if account is None else self._acc(account))]
-
-    def keys_revoke(self, cred_id):
-        return self.p.credentials.revoke(cred_id).to_dict()
-
-    def services_create(self, account, endpoint, model, kind, description):
-        return self.p.services.create(self._acc(account), endpoint, model, kind, description).to_dict()
-
-    def services_list(self, account):
-        return [s.to_dict() for s in self.p.services.list(None if account is None else self._acc(account))]
-
-    def services_delete(self, ref):
-        svc = self.p.services.get(int(ref)) if ref.isdigit() else self.p.services.get_by_endpoint(ref)
-        self.p.services.delete(svc.id)
-        return svc.to_dict()
-
-    def usage(self, account, days, group_by):
-        acc = None if account is None else self._acc(account)
-        until = self.p.quota.today()
-        since = until - dt.timedelta(days=days - 1)
-        return [r.to_dict() for r in self.p.usage.usage_summary(acc, since, until, group_by)]
-
-    def close(self):
-        self.p.close()
-
-
-class Remote:
-    def __init__(self, server: str, key: str | None):
-        import httpx
-
-        if not key:
-            raise CliError("--admin-key (or WHARF_ADMIN_KEY) is needed with --server", EXIT_USAGE)
-        self.http = httpx.Client(base_url=server.rstrip("/") + "/admin/api",
-                                 headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-    def _call(self, method, path, **kw) -> Any:
-        import httpx
-
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise CliError(f"cannot reach the server: {e}", EXIT_UNREACHABLE) from None
-        if r.status_code >= 400:
-            try:
-                msg = r.json()["error"]["message"]
-            except Exception:
-                msg = r.text[:200]
-            raise CliError(f"server said {r.status_code}: {msg}", exit_code_for_status(r.status_code))
-        return None if r.status_code == 204 else r.json()
-
-    def _acc(self, ref) -> int | None:
-        if ref is None:
-            return None
-        if str(ref).isdigit():
-            return int(ref)
-        for a in self._call("GET", "/accounts"):
-            if a["name"] == ref:
-                return a["id"]
-        raise CliError(f"account {ref!r} not found", EXIT_NOT_FOUND)
-
-    def accounts_create(self, name, is_admin, limits):
-        return self._call("POST", "/accounts", json={"name": name, "is_admin": is_admin, **limits})
-
-    def accounts_list(self):
-        return self._call("GET", "/accounts")
-
-    def accounts_status(self, ref, status):
-        return self._call("POST", f"/accounts/{self._acc(ref)}/{'enable' if status == 'active' else 'disable'}")
-
-    def accounts_limits(self, ref, limits):
-        return self._call("PATCH", f"/accounts/{self._acc(ref)}", json=limits)
-
-    def keys_limits(self, cred_id, limits):
-        return self._call("PATCH", f"/credentials/{cred_id}", json=limits)
-
-    def lexicon_get(self):
-        return self._call("GET", "/safety/lexicon")
-
-    def lexicon_set(self, terms):
-        return self._call("PUT", "/safety/lexicon", json={"terms": terms})
-
-    def keys_create(self, account, kind, label):
-        return self._call("POST", "/credentials", json={"account_id": self._acc(account), "kind": kind,
-                                                        "label": label})
-
-    def keys_list(self, account):
-        acc = self._acc(account)
-        return self._call("GET", "/credentials", params={"all": True} if acc is None else {"account_id": acc})
-
-    def keys_revoke(self, cred_id):
-        return self._call("POST", f"/credentials/{cred_id}/revoke")
-
-    def services_create(self, account, endpoint, model, kind, description):
-        return self._call("POST", "/services", json={"account_id": self._acc(account), "endpoint": endpoint,
-                                                     "model": model, "kind": kind, "description": description})
-
-    def services_list(self, account):
-        acc = self._acc(account)
-        return self._call("GET", "/services", params={"all": True} if acc is None else {"account_id": acc})
-
-    def services_delete(self, ref):
-        if not ref.isdigit():
-            match = [s for s in self._call("GET", "/services", params={"all": True}) if s["endpoint"] == ref]
-            if not match:
-                raise CliError(f"service {ref!r} not found", EXIT_NOT_FOUND)
-            ref = str(match[0]["id"])
-        svc = self._call("GET", f"/services/{ref}")
-        self._call("DELETE", f"/services/{ref}")
-        return svc
-
-    def usage(self, account, days, group_by):
-        acc = self._acc(account)
-        params = {"days": days, "group_by": group_by, **({"all": True} if acc is None else {"account_id": acc})}
-        return self._call("GET", "/usage", params=params)["rows"]
-
-    def close(self):
-        self.http.close()
-
-
-def _run(server, admin_key, fn):
-    """Open the backend, run fn(backend), turn every expected failure into its exit code
-    (wharf/cli/output.py), the message on stderr."""
-    backend = None
-    try:
-        if server:                           # the server audits its admin API calls itself
-            backend = Remote(server, admin_key)
-            return fn(backend)
-        backend = Local()
-        with audit.acting(audit.Operation(source=_command_path(), actor=audit.LOCAL_CLI)):
-            return fn(backend)
-    except (WharfError, CliError) as e:
-        err_console.print(f"[red]error:[/red] {getattr(e, 'message', None) or e}")
-        raise typer.Exit(e.exit_code if isinstance(e, CliError) else exit_code_for(e)) from None
-    finally:
-        if backend is not None:
-            backend.close()
-
-
-def _command_path() -> str:
-    """`wharf keys rotate`: the command, without its arguments (they may name anything)."""
-    try:                                  # typer >= 0.20 runs on its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:
-        from click import get_current_context
-
-    names = []
-    ctx = get_current_context(silent=True)
-    while ctx is not None and ctx.parent is not None:   # the root's name is how it was started
-        names.append(ctx.info_name)
-        ctx = ctx.parent
-    return " ".join(["wharf", *reversed(names)])
-
-
-def jsonable(row: dict) -> dict:
-    """A record for --json: dates and times as ISO 8601 text, nested records too."""
-    def plain(v):
-        if isinstance(v, (dt.datetime, dt.date)):
-            return v.isoformat()
-        if isinstance(v, dict):
-            return jsonable(v)
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        return v
-    return {k: plain(v) for k, v in row.items()}
 
 
 def show(as_json: bool, schema: str, data, table) -> None:
@@ -347,14 +105,14 @@ def accounts_create(name: str,
                                     key_max_concurrency=key_max_concurrency, service_rpm=service_rpm,
                                     service_tpm=service_tpm).items()
               if v is not None}
-    a = _run(server, admin_key, lambda b: b.accounts_create(name, admin, limits))
+    a = run(server, admin_key, lambda t: ops.accounts_create(t, name, admin, limits))
     show(as_json, "AccountOut", a, lambda: _table("account created", [a], ACCOUNT_COLS))
 
 
 @accounts_app.command("list")
 def accounts_list(as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List accounts."""
-    rows = _run(server, admin_key, lambda b: b.accounts_list())
+    rows = run(server, admin_key, ops.accounts_list)
     show(as_json, "AccountOut", rows, lambda: _table("accounts", rows, ACCOUNT_COLS))
 
 
@@ -362,7 +120,7 @@ def accounts_list(as_json: Json = False, server: Server = None, admin_key: Admin
 def accounts_disable(account: Annotated[str, typer.Argument(help="Account name or id.")],
                      as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Disable an account: its credentials stop working at once."""
-    a = _run(server, admin_key, lambda b: b.accounts_status(account, "disabled"))
+    a = run(server, admin_key, lambda t: ops.accounts_status(t, account, "disabled"))
     show(as_json, "AccountOut", a, lambda: console.print(f"account {a['name']} is now {a['status']}"))
 
 
@@ -370,7 +128,7 @@ def accounts_disable(account: Annotated[str, typer.Argument(help="Account name o
 def accounts_enable(account: Annotated[str, typer.Argument(help="Account name or id.")],
                     as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Enable a disabled account."""
-    a = _run(server, admin_key, lambda b: b.accounts_status(account, "active"))
+    a = run(server, admin_key, lambda t: ops.accounts_status(t, account, "active"))
     show(as_json, "AccountOut", a, lambda: console.print(f"account {a['name']} is now {a['status']}"))
 
 
@@ -405,7 +163,7 @@ def accounts_limits(account: Annotated[str, typer.Argument(help="Account name or
                            key_rpm=key_rpm, key_tpm=key_tpm, key_qps=key_qps,
                            key_max_concurrency=key_max_concurrency, service_rpm=service_rpm,
                            service_tpm=service_tpm)
-    a = _run(server, admin_key, lambda b: b.accounts_limits(account, limits))
+    a = run(server, admin_key, lambda t: ops.accounts_limits(t, account, limits))
     show(as_json, "AccountOut", a, lambda: _table(
         "account limits", [a], ACCOUNT_COLS + ["qps", "max_concurrency", "key_rpm", "key_tpm", "key_qps",
                                                "key_max_concurrency", "service_rpm", "service_tpm"]))
@@ -429,7 +187,7 @@ def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", h
     if kind not in KINDS:
         err_console.print(f"[red]error:[/red] --kind must be one of {', '.join(KINDS)}")
         raise typer.Exit(EXIT_USAGE)
-    issued = _run(server, admin_key, lambda b: b.keys_create(account, kind, label))
+    issued = run(server, admin_key, lambda t: ops.keys_create(t, account, kind, label))
     if as_json:
         print_json(shaped("IssuedCredentialOut", issued))
         return
@@ -444,14 +202,14 @@ def keys_create(account: Annotated[str | None, typer.Option("--account", "-a", h
 def keys_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
               as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List credentials (never their secrets)."""
-    rows = _run(server, admin_key, lambda b: b.keys_list(account))
+    rows = run(server, admin_key, lambda t: ops.keys_list(t, account))
     show(as_json, "CredentialOut", rows, lambda: _table("credentials", rows, KEY_COLS))
 
 
 @keys_app.command("revoke")
 def keys_revoke(credential_id: int, as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Revoke a credential: the next request with it fails."""
-    c = _run(server, admin_key, lambda b: b.keys_revoke(credential_id))
+    c = run(server, admin_key, lambda t: ops.keys_revoke(t, credential_id))
     show(as_json, "CredentialOut", c,
          lambda: console.print(f"credential {c['id']} ({c['kind']} {c['public_id']}) revoked"))
 
@@ -466,7 +224,7 @@ def keys_limits(credential_id: int,
     """Set a credential's own limits (they narrow the account's). 0 allows nothing; a
     negative value clears one."""
     limits = _limit_values(rpm=rpm, tpm=tpm, qps=qps, max_concurrency=max_concurrency)
-    c = _run(server, admin_key, lambda b: b.keys_limits(credential_id, limits))
+    c = run(server, admin_key, lambda t: ops.keys_limits(t, credential_id, limits))
     show(as_json, "CredentialOut", c, lambda: _table("credential limits", [c], [
         "id", "account_id", "kind", "public_id", "rpm", "tpm", "qps", "max_concurrency"]))
 
@@ -485,7 +243,7 @@ def services_create(account: Annotated[str | None, typer.Option("--account", "-a
                     description: Annotated[str, typer.Option("--description", "-d")] = "",
                     as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Create a service (Qianfan's 创建服务: an API address bound to a model)."""
-    s = _run(server, admin_key, lambda b: b.services_create(account, endpoint, model, kind, description))
+    s = run(server, admin_key, lambda t: ops.services_create(t, account, endpoint, model, kind, description))
     show(as_json, "ServiceOut", s, lambda: _table("service created", [s], SERVICE_COLS))
 
 
@@ -493,7 +251,7 @@ def services_create(account: Annotated[str | None, typer.Option("--account", "-a
 def services_list(account: Annotated[str | None, typer.Option("--account", "-a")] = None,
                   as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """List services."""
-    rows = _run(server, admin_key, lambda b: b.services_list(account))
+    rows = run(server, admin_key, lambda t: ops.services_list(t, account))
     show(as_json, "ServiceOut", rows, lambda: _table("services", rows, SERVICE_COLS))
 
 
@@ -501,7 +259,7 @@ def services_list(account: Annotated[str | None, typer.Option("--account", "-a")
 def services_delete(service: Annotated[str, typer.Argument(help="Endpoint or id.")],
                     as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Delete a service (--json: the service as it was)."""
-    s = _run(server, admin_key, lambda b: b.services_delete(service))
+    s = run(server, admin_key, lambda t: ops.services_delete(t, service))
     show(as_json, "ServiceOut", s, lambda: console.print(f"service {s['endpoint']} deleted"))
 
 
@@ -510,7 +268,7 @@ def usage(account: Annotated[str | None, typer.Option("--account", "-a")] = None
           group_by: Annotated[str, typer.Option("--group-by", help="day | model | service | account")] = "day",
           as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Usage totals over the last N days (quota-timezone days)."""
-    rows = _run(server, admin_key, lambda b: b.usage(account, days, group_by))
+    rows = run(server, admin_key, lambda t: ops.usage(t, account, days, group_by))
     show(as_json, "UsageRowOut", rows, lambda: _table(
         f"usage, last {days} day(s), by {group_by}", rows,
         ["key", "requests", "prompt_tokens", "completion_tokens", "generated_chars", "errors"]))
@@ -538,7 +296,7 @@ def safety_lexicon(set_file: Annotated[str | None, typer.Option("--set", help="R
         except OSError as e:
             err_console.print(f"[red]error:[/red] cannot read {set_file}: {e}")
             raise typer.Exit(1) from None
-    out = _run(server, admin_key, lambda b: b.lexicon_get() if terms is None else b.lexicon_set(terms))
+    out = run(server, admin_key, lambda t: ops.lexicon_get(t) if terms is None else ops.lexicon_set(t, terms))
     if as_json:
         print_json(shaped("LexiconOut", out))
         return

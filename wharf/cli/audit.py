@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from wharf.cli.admin import AdminKey, Local, Server, _run, jsonable, print_page
+from wharf.cli.admin import AdminKey, Server, print_page
+from wharf.cli.transport import Call, jsonable, run
 
 audit_app = typer.Typer(help="The audit log: every change made through the admin API, console or CLI.",
                         no_args_is_help=True)
@@ -25,14 +26,15 @@ def audit_list(account: Annotated[str | None, typer.Option("--account", "-a", he
                as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
                server: Server = None, admin_key: AdminKey = None):
     """Changes, newest first, one page (every account's unless --account)."""
-    def fetch(b):
-        acc = None if account is None else b._acc(account)
-        if isinstance(b, Local):
-            entries, nxt = b.p.audit.page(account_id=acc, object_type=object_type, cursor=cursor, limit=limit)
+    def fetch(t):
+        acc = t.account(account)
+
+        def local(here) -> dict:
+            entries, nxt = here.p.audit.page(account_id=acc, object_type=object_type, cursor=cursor, limit=limit)
             return {"data": [jsonable(e.to_dict()) for e in entries], "next_cursor": nxt}
         params = {"account_id": acc, "object_type": object_type, "cursor": cursor, "limit": limit}
-        return b._call("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
-    page = _run(server, admin_key, fetch)
+        return t.run(Call(local, "GET", "/audit", params={k: v for k, v in params.items() if v is not None}))
+    page = run(server, admin_key, fetch)
     print_page("audit", page, COLS, as_json)
 
 

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from wharf.cli.admin import AdminKey, Server, _run, accounts_app, console, err_console, jsonable
+from wharf.cli.admin import AdminKey, Server, accounts_app, console
 from wharf.cli.output import EXIT_USAGE, Json, print_json, shaped
 from wharf.cli.requests import requests_app
+from wharf.cli.transport import Call, err_console, jsonable, run
 from wharf.platform.request_content import MAX_RETENTION_DAYS
 
 
@@ -28,17 +29,18 @@ def accounts_content(account: Annotated[str, typer.Argument(help="Account name o
         raise typer.Exit(EXIT_USAGE)
     change = off or keep_days is not None
 
-    def go(b):
-        acc = b._acc(account)
-        if hasattr(b, "p"):                     # the local store
-            store = b.p.request_contents
+    def go(t):
+        acc = t.account(account)
+
+        def local(here) -> dict:
+            store = here.p.request_contents
             days = store.set_policy(acc, None if off else keep_days) if change else store.policy(acc)
             return {"account_id": acc, "retention_days": days}
         path = f"/accounts/{acc}/content-storage"
         if change:
-            return b._call("PUT", path, json={"retention_days": None if off else keep_days})
-        return b._call("GET", path)
-    out = _run(server, admin_key, go)
+            return t.run(Call(local, "PUT", path, json={"retention_days": None if off else keep_days}))
+        return t.run(Call(local, "GET", path))
+    out = run(server, admin_key, go)
     if as_json:
         print_json(shaped("ContentStorageOut", out))
         return
@@ -52,11 +54,9 @@ def accounts_content(account: Annotated[str, typer.Argument(help="Account name o
 def requests_content(request_id: Annotated[str, typer.Argument(help="The id the client got.")],
                      as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """A request's stored prompt and outputs (only for accounts that store them)."""
-    def go(b):
-        if hasattr(b, "p"):
-            return jsonable(b.p.request_contents.get(request_id).to_dict())
-        return b._call("GET", f"/requests/{request_id}/content")
-    out = _run(server, admin_key, go)
+    call = Call(lambda here: jsonable(here.p.request_contents.get(request_id).to_dict()),
+                "GET", f"/requests/{request_id}/content")
+    out = run(server, admin_key, lambda t: t.run(call))
     if as_json:
         print_json(shaped("ContentOut", out))
         return

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from wharf.cli.admin import SECRET_NAMES, AdminKey, Local, Server, _run, console, keys_app
+from wharf.cli.admin import SECRET_NAMES, AdminKey, Server, console, keys_app
 from wharf.cli.output import Json, print_json, shaped
+from wharf.cli.transport import Call, run
 
 
 def _out(data: dict, as_json: bool, schema: str) -> None:
@@ -55,26 +56,22 @@ def keys_scope(credential_id: int,
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 
-    def go(b):
-        if isinstance(b, Local):
-            scopes = b.p.key_scopes
-            return _jsonable((scopes.set(credential_id, **fields) if fields else scopes.get(credential_id)).to_dict())
-        if not fields:
-            return b._call("GET", f"/credentials/{credential_id}/scope")
-        return b._call("PATCH", f"/credentials/{credential_id}/scope", json=_jsonable(fields))
-    _out(_run(server, admin_key, go), as_json, "ScopeOut")
+    def local(here) -> dict:
+        scopes = here.p.key_scopes
+        return _jsonable((scopes.set(credential_id, **fields) if fields else scopes.get(credential_id)).to_dict())
+    path = f"/credentials/{credential_id}/scope"
+    call = Call(local, "PATCH", path, json=_jsonable(fields)) if fields else Call(local, "GET", path)
+    _out(run(server, admin_key, lambda t: t.run(call)), as_json, "ScopeOut")
 
 
 @keys_app.command("quota")
 def keys_quota(credential_id: int, as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Today's quota of a credential: its own limits and what it (with the rest of its
     rotation line) used and holds."""
-    def go(b):
-        if isinstance(b, Local):
-            return {k: (v.isoformat() if isinstance(v, dt.date) else v)
-                    for k, v in b.p.quota.credential_status(credential_id).to_dict().items()}
-        return b._call("GET", f"/credentials/{credential_id}/quota")
-    _out(_run(server, admin_key, go), as_json, "CredentialQuotaOut")
+    call = Call(lambda here: {k: (v.isoformat() if isinstance(v, dt.date) else v)
+                              for k, v in here.p.quota.credential_status(credential_id).to_dict().items()},
+                "GET", f"/credentials/{credential_id}/quota")
+    _out(run(server, admin_key, lambda t: t.run(call)), as_json, "CredentialQuotaOut")
 
 
 @keys_app.command("rotate")
@@ -83,13 +80,12 @@ def keys_rotate(credential_id: int,
                                                    help="Seconds the old secret keeps working.")] = 86400,
                 as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """A new secret for a credential; the old one works for --grace seconds more."""
-    def go(b):
-        if isinstance(b, Local):
-            issued = b.p.key_scopes.rotate(credential_id, grace=dt.timedelta(seconds=grace))
-            return {**_jsonable({**issued.to_dict(), "credential": _jsonable(issued.to_dict()["credential"])}),
-                    "old": _jsonable(b.p.key_scopes.get(credential_id).to_dict())}
-        return b._call("POST", f"/credentials/{credential_id}/rotate", json={"grace_s": grace})
-    out = _run(server, admin_key, go)
+    def local(here) -> dict:
+        issued = here.p.key_scopes.rotate(credential_id, grace=dt.timedelta(seconds=grace))
+        return {**_jsonable({**issued.to_dict(), "credential": _jsonable(issued.to_dict()["credential"])}),
+                "old": _jsonable(here.p.key_scopes.get(credential_id).to_dict())}
+    call = Call(local, "POST", f"/credentials/{credential_id}/rotate", json={"grace_s": grace})
+    out = run(server, admin_key, lambda t: t.run(call))
     if as_json:
         print_json(shaped("RotatedOut", out))
         return

@@ -14,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from wharf.cli.admin import AdminKey, CliError, Local, Server, _run, console, jsonable, print_page
-from wharf.cli.output import EXIT_UNREACHABLE, EXIT_USAGE, exit_code_for_status, print_json
+from wharf.cli.admin import AdminKey, Server, console, print_page
+from wharf.cli.output import EXIT_USAGE, print_json
+from wharf.cli.transport import Call, CliError, account_params, jsonable, run
 from wharf.platform.request_log import FIELDS, RequestFilter, export_csv, export_json
 
 requests_app = typer.Typer(help="The request log: find a request by its id, list, export.", no_args_is_help=True)
@@ -44,19 +45,21 @@ def _time(value: str | None, option: str) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
-def _query(b, account, credential, service, model, dialect, status, since, until) -> dict:
-    """The filters as this backend takes them: a RequestFilter locally, query params remotely."""
-    if isinstance(b, Local):
-        return {"flt": RequestFilter(account_id=None if account is None else b._acc(account),
-                                     credential_id=credential, service_id=service, model=model, dialect=dialect,
-                                     status=status, since=_time(since, "--since"), until=_time(until, "--until"))}
-    acc = b._acc(account)
-    params = {"credential_id": credential, "service_id": service, "model": model, "dialect": dialect,
-              "status": status, "since": _time(since, "--since"), "until": _time(until, "--until"),
-              **({"all": True} if acc is None else {"account_id": acc})}
-    return {"params": {k: (v.isoformat() if isinstance(v, dt.datetime) else v)
-                       for k, v in params.items() if v is not None}}
+class Query:
+    """The filters, as the platform takes them (filter(): a RequestFilter, built on the local
+    store only, so a server judges its own values) and as the admin API does (params)."""
 
+    def __init__(self, t, account, credential, service, model, dialect, status, since, until):
+        acc = t.account(account)
+        self.fields = dict(credential_id=credential, service_id=service, model=model, dialect=dialect,
+                           status=status, since=_time(since, "--since"), until=_time(until, "--until"))
+        self.account_id = acc
+        params = {**self.fields, **account_params(acc)}
+        self.params = {k: (v.isoformat() if isinstance(v, dt.datetime) else v)
+                       for k, v in params.items() if v is not None}
+
+    def filter(self) -> RequestFilter:
+        return RequestFilter(account_id=self.account_id, **self.fields)
 
 
 @requests_app.command("list")
@@ -68,14 +71,15 @@ def requests_list(account: Account = None, credential: Credential = None, servic
                   = None,
                   as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """Requests, newest first, one page; the next page with --cursor NEXT_CURSOR."""
-    def fetch(b):
-        q = _query(b, account, credential, service, model, dialect, status, since, until)
-        if isinstance(b, Local):
-            entries, nxt = b.p.request_log.page(q["flt"], cursor=cursor, limit=limit)
+    def fetch(t):
+        q = Query(t, account, credential, service, model, dialect, status, since, until)
+
+        def local(here) -> dict:
+            entries, nxt = here.p.request_log.page(q.filter(), cursor=cursor, limit=limit)
             return {"data": [jsonable(e.to_dict()) for e in entries], "next_cursor": nxt}
-        return b._call("GET", "/requests", params={**q["params"], "limit": limit,
-                                                   **({"cursor": cursor} if cursor else {})})
-    page = _run(server, admin_key, fetch)
+        return t.run(Call(local, "GET", "/requests", params={**q.params, "limit": limit,
+                                                              **({"cursor": cursor} if cursor else {})}))
+    page = run(server, admin_key, fetch)
     print_page("requests", page, LIST_COLS, as_json)
 
 
@@ -84,11 +88,9 @@ def requests_show(request_id: Annotated[str, typer.Argument(help="The id the cli
                                                             "X-Request-Id header).")],
                   as_json: Json = False, server: Server = None, admin_key: AdminKey = None):
     """One request's record."""
-    def fetch(b):
-        if isinstance(b, Local):
-            return jsonable(b.p.request_log.get(request_id).to_dict())
-        return b._call("GET", f"/requests/{request_id}")
-    entry = _run(server, admin_key, fetch)
+    call = Call(lambda here: jsonable(here.p.request_log.get(request_id).to_dict()),
+                "GET", f"/requests/{request_id}")
+    entry = run(server, admin_key, lambda t: t.run(call))
     if as_json:
         print_json(entry)
         return
@@ -108,29 +110,20 @@ def requests_export(account: Account = None, credential: Credential = None, serv
     if fmt not in ("csv", "json"):
         raise typer.BadParameter("--format must be csv or json")
 
-    def export(b):
-        q = _query(b, account, credential, service, model, dialect, status, since, until)
+    def export(t):
+        q = Query(t, account, credential, service, model, dialect, status, since, until)
+        write = export_csv if fmt == "csv" else export_json
+        call = Call(lambda here: write(here.p.request_log.iterate(q.filter())),
+                    "GET", "/requests/export", params={**q.params, "format": fmt})
+        parts = t.stream(call)     # the local store checks the filters here, before a file is made
         out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         try:
-            if isinstance(b, Local):
-                for part in (export_csv if fmt == "csv" else export_json)(b.p.request_log.iterate(q["flt"])):
-                    out.write(part)
-                return
-            import httpx
-            try:
-                with b.http.stream("GET", "/requests/export", params={**q["params"], "format": fmt}) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise CliError(f"server said {r.status_code}: {r.text[:200]}",
-                                       exit_code_for_status(r.status_code))
-                    for part in r.iter_text():
-                        out.write(part)
-            except httpx.HTTPError as e:
-                raise CliError(f"cannot reach the server: {e}", EXIT_UNREACHABLE) from None
+            for part in parts:
+                out.write(part)
         finally:
             if output:
                 out.close()
-    _run(server, admin_key, export)
+    run(server, admin_key, export)
 
 
 def register(app: typer.Typer) -> None:
