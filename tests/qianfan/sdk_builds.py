@@ -150,12 +150,19 @@ class SdkProcess:
     """A client program: `proc(**request)` -> its JSON reply. One request at a time."""
 
     def __init__(self, cmd: list[str], env: dict, workdir: Path):
+        self.cmd, self.env, self.workdir = cmd, env, workdir
         self.log = workdir / "stderr.log"
+        self._start()
+
+    def _start(self) -> None:
         # A clean working directory: both SDKs read a .env file from it.
-        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log.open("w"), text=True, encoding="utf-8", bufsize=1)
+        self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=self.env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log.open("a"), text=True,
+                                     encoding="utf-8", bufsize=1)
 
     def __call__(self, timeout: float = 120, **request) -> dict:
+        if self.proc.poll() is not None:      # killed by an earlier test's timeout: start afresh
+            self._start()
         self.proc.stdin.write(json.dumps(request, ensure_ascii=False) + "\n")
         self.proc.stdin.flush()
         timer = threading.Timer(timeout, self.proc.kill)      # a hung SDK fails the test, not the session
@@ -163,9 +170,12 @@ class SdkProcess:
         try:
             line = self.proc.stdout.readline()
         finally:
+            hung = not timer.is_alive() and not line
             timer.cancel()
         if not line:
-            raise RuntimeError(f"SDK client died ({self.proc.poll()}):\n{self.log.read_text()[-3000:]}")
+            why = f"no reply within {timeout:.0f} s (killed)" if hung else f"exited with {self.proc.poll()}"
+            raise RuntimeError(f"SDK client {why} on {request.get('kind')} {request.get('auth')}:\n"
+                               f"{self.log.read_text()[-3000:]}")
         return json.loads(line)
 
     def close(self) -> None:
