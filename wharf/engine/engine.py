@@ -8,12 +8,7 @@ from collections.abc import AsyncIterator
 
 from wharf.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from wharf.engine.grammar import Grammars, Matcher
-from wharf.engine.prompt import (
-    PreparedRequest,
-    prepare_prompt,
-    render_with_tools,
-    tokenize_bounded,
-)
+from wharf.engine.prompt import PreparedRequest, PromptSide, prepare_prompt
 from wharf.engine.runners.base import ModelRunner
 from wharf.engine.sampling import SamplerRow, make_generator
 from wharf.engine.scheduler import Scheduler
@@ -21,7 +16,7 @@ from wharf.engine.sequence import Group, Sequence
 from wharf.engine.types import Chunk, EngineStats, GenerationRequest, ModelInfo
 
 
-class LocalEngine:
+class LocalEngine(PromptSide):
     """The embedded engine: Wharf's own scheduler over a model runner in this process."""
 
     def __init__(self, runner: ModelRunner, tokenizer, info: ModelInfo, *, eos_ids: set[int],
@@ -33,16 +28,6 @@ class LocalEngine:
         self.scheduler = Scheduler(runner, tokenizer, eos_ids=eos_ids, max_queue=max_queue,
                                    prefill_chunk=prefill_chunk, prefill_threads=prefill_threads,
                                    decode_threads=decode_threads, prefix_cache_bytes=prefix_cache_bytes)
-
-    @property
-    def context_length(self) -> int:
-        return self.info.context_length
-
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        return render_with_tools(self.tokenizer, messages, tools)
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Tokenize, check the window and compile the grammar (blocking for a new one: the

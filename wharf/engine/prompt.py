@@ -136,3 +136,27 @@ def prepare_prompt(request: GenerationRequest, tokenizer, window: int) -> Prepar
     max_tokens, clamped = fit_request(request, count, window, param, exact=ids is not None)
     return PreparedRequest(request=request, prompt_text=text, prompt_tokens=count, max_tokens=max_tokens,
                            prompt_ids=ids, clamped=clamped)
+
+
+class PromptSide:
+    """What every engine answers the same way from its `info` and `tokenizer`: the window,
+    the chat rendering, tokenizing and `prepare` (prepare_prompt). Engines subclass it."""
+
+    info: object
+    tokenizer: object
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return render_with_tools(self.tokenizer, messages, tools)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise InvalidParam("this model has no local tokenizer (an upstream engine without one; "
+                               "set WHARF_UPSTREAM_TOKENIZER)", param="model")
+        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
+
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        return prepare_prompt(request, self.tokenizer, self.context_length)

@@ -33,12 +33,7 @@ from wharf.engine import tool_calls
 from wharf.engine.external.upstream_pool import UpstreamModel, UpstreamPool, model_cards
 from wharf.engine.external.upstream_pool import auth_headers as _headers
 from wharf.engine.meter import TokenMeter
-from wharf.engine.prompt import (
-    PreparedRequest,
-    prepare_prompt,
-    render_with_tools,
-    tokenize_bounded,
-)
+from wharf.engine.prompt import PreparedRequest, PromptSide
 from wharf.engine.types import (
     Chunk,
     EngineStats,
@@ -168,7 +163,7 @@ def load_tokenizer(name_or_path: str | None):
     return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
 
 
-class UpstreamEngine:
+class UpstreamEngine(PromptSide):
     """The Engine interface (wharf/engine/interface.py) over remote OpenAI-compatible
     APIs: one model, served by one or more replicas of `pool` (shared by all models)."""
 
@@ -184,24 +179,6 @@ class UpstreamEngine:
         self._closed = False
 
     # -- the Engine interface ------------------------------------------------------------
-
-    @property
-    def context_length(self) -> int:
-        return self.info.context_length
-
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        """For counting only: the upstream renders its own template."""
-        return render_with_tools(self.tokenizer, messages, tools)
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        if self.tokenizer is None:
-            raise InvalidParam("this model has no local tokenizer (an upstream engine without one; "
-                               "set WHARF_UPSTREAM_TOKENIZER)", param="model")
-        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
-
-    def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Exact counts with a local tokenizer; estimated ones without (prompt.prepare_prompt)."""
-        return prepare_prompt(request, self.tokenizer, self.context_length)
 
     def body(self, prepared: PreparedRequest) -> tuple[str, dict]:
         """The upstream path and JSON body for a prepared request."""

@@ -77,12 +77,7 @@ import time
 from collections.abc import AsyncIterator
 
 from wharf.engine.meter import TokenMeter
-from wharf.engine.prompt import (
-    PreparedRequest,
-    prepare_prompt,
-    render_with_tools,
-    tokenize_bounded,
-)
+from wharf.engine.prompt import PreparedRequest, PromptSide
 from wharf.engine.types import (
     Chunk,
     EngineStats,
@@ -366,7 +361,7 @@ def wharf_error(exc: BaseException, structured: StructuredOutput | None = None) 
     return exc
 
 
-class VllmEngine:
+class VllmEngine(PromptSide):
     """The Engine interface (wharf/engine/interface.py) over one vLLM async engine."""
 
     def __init__(self, llm, tokenizer, info: ModelInfo, *, sampling_cls, delta_kind, max_queue: int = 0,
@@ -384,19 +379,6 @@ class VllmEngine:
         self.running = 0                    # sequences of the requests in generate() now
         self.meter = TokenMeter()
         self._closed = False
-
-    @property
-    def context_length(self) -> int:
-        return self.info.context_length
-
-    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
-        return render_with_tools(self.tokenizer, messages, tools)
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return tokenize_bounded(self.tokenizer, text, self.context_length, special=special)
-
-    def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        return prepare_prompt(request, self.tokenizer, self.context_length)
 
     def sampling_params(self, prepared: PreparedRequest):
         """vLLM's SamplingParams; raises InvalidParam for what vLLM rejects."""
