@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from wharf.api.pipeline import Run
+from wharf.engine.prompt import PreparedRequest
 from wharf.engine.types import Chunk, FinishReason, GenerationRequest, SamplingParams, TokenLogprob
 from wharf.platform.safety import SafetyPolicy
 
@@ -38,11 +39,16 @@ class ScriptedEngine:
                             completion_tokens=step + 1)
 
 
+def prepared_for(req: GenerationRequest) -> PreparedRequest:
+    return PreparedRequest(request=req, prompt_text=req.prompt, prompt_tokens=3, max_tokens=64,
+                           prompt_ids=[1, 2, 3])
+
+
 def run(script, terms, logprobs=True):
     pipeline = SimpleNamespace(safety=SafetyPolicy(terms), record=lambda *a, **k: None,
                                metrics=SimpleNamespace(content_blocked=lambda where: None))
     req = GenerationRequest(model="scripted", prompt="p", sampling=SamplingParams(n=len(script), logprobs=1))
-    prepared = SimpleNamespace(request=req, prompt_ids=[1, 2, 3])
+    prepared = prepared_for(req)
     r = Run(pipeline, caller=None, engine=ScriptedEngine(script, logprobs), prepared=prepared, lease=None,
             reserved=False)
 
@@ -148,7 +154,7 @@ def test_quota_cut_sends_no_token_of_unsent_text():
                                metrics=SimpleNamespace(content_blocked=lambda where: None),
                                platform=SimpleNamespace(quota=SimpleNamespace(extend=lambda *a, **k: False)))
     req = GenerationRequest(model="scripted", prompt="p", sampling=SamplingParams(logprobs=1))
-    prepared = SimpleNamespace(request=req, prompt_ids=[1, 2, 3])
+    prepared = prepared_for(req)
     r = Run(pipeline, caller=None, engine=ScriptedEngine([per_token("abcdefghijkl")], True), prepared=prepared,
             lease=None, reserved=True, reserved_chars=7)
 
