@@ -181,6 +181,20 @@ def test_valid_edges_accepted(server, acct, token):
     assert "error_code" not in r.json(), r.json()
 
 
+def test_completions_prompt_as_one_user_message(server, acct, token):
+    """The Node.js SDK sends a Completions call as {"messages": [one user message]}, no prompt."""
+    r = _post(server, "completions", acct.completions, token,
+              {"messages": [{"role": "user", "content": "hi"}], "max_output_tokens": 2})
+    assert "error_code" not in r.json() and r.json()["object"] == "completion", r.json()
+    for messages in ([{"role": "assistant", "content": "hi"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                      {"role": "user", "content": "c"}]):
+        r = _post(server, "completions", acct.completions, token, {"messages": messages, "max_output_tokens": 2})
+        assert r.json()["error_code"] == 336001 and "prompt" in r.json()["error_msg"], r.json()
+    r = _post(server, "completions", acct.completions, token, {"messages": [{"role": "user", "content": ""}]})
+    assert r.json()["error_code"] == 336003
+
+
 def test_invalid_json(server, acct, token):
     r = _post(server, "completions", acct.completions, token, '{"prompt": ')
     assert r.status_code == 200 and r.json()["error_code"] == 336002

@@ -15,7 +15,8 @@ JSON whatever the status; 401 is what Baidu sends for a bad client).
 Body parameters (seeds): prompt | messages (+ optional system), temperature (0, 1],
 top_k positive integer, top_p [0, 1], penalty_score [1, 2], stop (<= 4 strings of
 <= 20 characters), user_id, stream. Extensions: max_output_tokens (positive integer),
-seed. Unknown keys (extra_parameters, ...) are ignored. Defaults: temperature 0.8,
+seed. Unknown keys (extra_parameters, ...) are ignored. A completions body may carry its
+prompt as one user message instead (the Node.js SDK sends that). Defaults: temperature 0.8,
 top_p 0.8, penalty_score 1.0 (ERNIE's published defaults; the seeds give none), at most
 1024 output tokens or what the model window leaves.
 
@@ -326,6 +327,12 @@ def _messages(body: dict) -> list[dict]:
 
 def _prompt(body: dict) -> str:
     prompt = body.get("prompt")
+    messages = body.get("messages")
+    if prompt is None and isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict) \
+            and messages[0].get("role") == "user":
+        # The Node.js SDK (@baiducloud/qianfan 0.2.4) rewrites a Completions call for its
+        # default model into {"messages": [{"role": "user", "content": prompt}]}, prompt dropped.
+        prompt = messages[0].get("content")
     if prompt is None:
         raise _Argument("prompt is required", param="prompt")
     if not isinstance(prompt, str):
