@@ -1,11 +1,12 @@
 """The official Qianfan Java (0.1.6) and Go (v0.0.15) SDKs, built offline from ../shared/sdks/
-(its README says how) together with the client programs in sdk_clients/, and run as
+(its README says how), and the Node.js SDK (@baiducloud/qianfan 0.2.4, installed with npm
+from the registry), together with the client programs in sdk_clients/, and run as
 long-lived processes that take one JSON request per line and answer one JSON line each.
 
 Builds are cached under ~/.cache/wharf-test-sdks/<key> (WHARF_TEST_SDK_CACHE), the key
-being a hash of the SDK archives, the client sources and the toolchain version, so a
-session builds each SDK at most once and later sessions not at all. The SDK sources are
-unpacked there, never into the repository.
+being a hash of the SDK archives (or the npm package spec), the client sources and the
+toolchain version, so a session builds each SDK at most once and later sessions not at
+all. The SDK sources are unpacked there, never into the repository.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -26,6 +28,7 @@ SDKS = Path(os.environ.get("WHARF_QIANFAN_SDKS", HERE.parents[2] / "shared" / "s
 CACHE = Path(os.environ.get("WHARF_TEST_SDK_CACHE", Path.home() / ".cache" / "wharf-test-sdks"))
 JAVA_TAR = "bce-qianfan-sdk-java-0.1.6-cf94b38b.tar.gz"
 GO_TARS = ("bce-qianfan-sdk-go-v0.0.15-3eb1bcec.tar.gz", "bce-sdk-go-v0.9.164-1171652.tar.gz")
+NODE_SDK = "@baiducloud/qianfan@0.2.4"         # pinned, exact: what the Node tests were read against
 JARS = [f"/usr/share/java/{j}.jar" for j in ("gson", "httpclient5", "httpcore5", "httpcore5-h2", "slf4j-api",
                                             "slf4j-nop")]
 
@@ -34,9 +37,9 @@ class Unavailable(Exception):
     """What is missing to build an SDK (the tests skip with it)."""
 
 
-def _key(parts: list[Path], toolchain: list[str]) -> str:
+def _key(parts: list[Path], toolchain: list[str], extra: str = "") -> str:
     version = subprocess.run(toolchain, capture_output=True, text=True, check=False)
-    h = hashlib.sha256((version.stdout + version.stderr).encode())
+    h = hashlib.sha256((version.stdout + version.stderr + extra).encode())
     for p in parts:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
@@ -144,6 +147,41 @@ def go_sdk_env() -> dict:
         build(final)
         (final / "ok").write_text("")
     return env(final)
+
+
+def node_sdk_dir() -> Path:
+    """A folder whose node_modules holds the Node.js SDK, `npm install`ed once from the
+    registry (~15 s; install scripts off: the package has none it needs). A program in it,
+    or in a folder with a node_modules link to it, imports "@baiducloud/qianfan" as a user's
+    does (ES modules ignore NODE_PATH). No npm or no registry: Unavailable."""
+    _need(["node", "npm"], [])
+
+    def build(d: Path) -> None:
+        (d / "package.json").write_text('{"name": "wharf-test-qianfan-node", "private": true}\n')
+        cmd = ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--save-exact",
+               "--fetch-retries=1", "--fetch-timeout=60000", NODE_SDK]
+        r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=600, check=False)
+        if r.returncode != 0:
+            out = r.stdout[-2000:] + r.stderr[-2000:]
+            if re.search(r"E(NOTFOUND|AI_AGAIN|CONNREFUSED|CONNRESET|TIMEDOUT|NETUNREACH|HOSTUNREACH)|"
+                         r"network|E40[13]|E5\d\d|ERR_SOCKET", out):
+                raise Unavailable(f"npm could not reach its registry for {NODE_SDK}:\n{out[-1500:]}")
+            raise RuntimeError(f"npm install {NODE_SDK} failed ({r.returncode}):\n{out}")
+
+    return _cached("node-sdk", _key([], ["npm", "--version"], NODE_SDK), build)
+
+
+def node_command() -> list[str]:
+    """sdk_clients/node/client.mjs copied beside a node_modules link to the installed SDK."""
+    src = CLIENTS / "node" / "client.mjs"
+    sdk = node_sdk_dir()
+
+    def build(d: Path) -> None:
+        shutil.copy(src, d / "client.mjs")
+        (d / "node_modules").symlink_to(sdk / "node_modules", target_is_directory=True)
+
+    d = _cached("node-client", _key([src], ["node", "--version"], str(sdk)), build)
+    return ["node", str(d / "client.mjs")]
 
 
 class SdkProcess:

@@ -1,4 +1,4 @@
-// Drives the official Qianfan Go SDK for tests/qianfan/test_qianfan_java_go.py: one request
+// Drives the official Qianfan Go SDK for tests/qianfan/test_qianfan_sdks.py: one request
 // per stdin line (JSON), one JSON line back on stdout with what the SDK returned or raised.
 //
 //	{"auth": "oauth"|"iam", "ak", "sk", "kind": "chat"|"completions", "endpoint" | "model",

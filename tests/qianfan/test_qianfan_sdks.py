@@ -1,8 +1,9 @@
-"""The official Qianfan Java and Go SDKs against the live server (seed 004: "支持以下SDK调用本文
-API:Python、Go、Java和Node.js SDK"), each driven by its client program in sdk_clients/:
-OAuth and AK/SK, completions and chat, stream and not, Chinese text, the errors they must
-read as errors, a wrong secret, a service by name, an expired token. WIRE.md says what
-each SDK needs of the server; sdk_builds.py how they are built (once, cached)."""
+"""The official Qianfan Java, Go and Node.js SDKs against the live server (seed 004: "支持以下SDK
+调用本文API:Python、Go、Java和Node.js SDK"; Python's in test_qianfan_sdk.py), each driven by
+its client program in sdk_clients/: OAuth and AK/SK, completions and chat, stream and not,
+Chinese text, the errors they must read as errors, a wrong secret, a service by name, an
+expired token. WIRE.md says what each SDK needs of the server; sdk_builds.py how they are
+built or installed (once, cached)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.qianfan import sdk_builds
 from tests.qianfan.conftest import PREFIX, get_token, make_account
 from wharf.platform.models import AccessToken
 
-SDKS = ("java", "go")
+SDKS = ("java", "go", "node")
 CHINESE = "用一句话介绍北京。"
 
 
@@ -26,7 +27,8 @@ CHINESE = "用一句话介绍北京。"
 def sdk_commands():
     """Build each SDK once per session (or take it from the cache); None: its reason to skip."""
     out = {}
-    for name, build in (("java", sdk_builds.java_command), ("go", sdk_builds.go_command)):
+    for name, build in (("java", sdk_builds.java_command), ("go", sdk_builds.go_command),
+                        ("node", sdk_builds.node_command)):
         try:
             out[name] = build()
         except sdk_builds.Unavailable as exc:
@@ -42,7 +44,7 @@ def sdk(request, server, sdk_commands, tmp_path_factory):
         pytest.skip(f"Qianfan {request.param} SDK: {cmd}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QIANFAN_")}
     env.update({"QIANFAN_BASE_URL": server.url,
-                "QIANFAN_CONSOLE_API_BASE_URL": server.url,      # Java's name
+                "QIANFAN_CONSOLE_API_BASE_URL": server.url,      # Java's and Node's name
                 "QIANFAN_CONSOLE_BASE_URL": server.url})         # Go's name
     if request.param == "go":
         # Refresh a token on 110/111 and the service list on a miss at once, not at most
@@ -118,11 +120,12 @@ def test_event_text_reaches_go(server, sdk, acct):
 
 @pytest.mark.parametrize("auth", ["oauth", "iam"])
 def test_errors_read_as_errors(sdk, acct, auth):
-    """HTTP 200 + error_code: 336003 (temperature out of range: Java sends 0; Go cannot send 0,
-    its field is omitempty, so 1.5), 336005 (no such endpoint)."""
+    """HTTP 200 + error_code: 336003 (temperature out of range: Java and Node send 0; Go cannot
+    send 0, its field is omitempty, so 1.5), 336005 (no such endpoint). Node throws
+    Error(JSON.stringify(reply)) for any reply with an error_code it does not retry."""
     base = {**_creds(acct, auth), "kind": "chat", "text": "你好", "max_output_tokens": 4}
     for stream in (False, True):
-        r = sdk(**base, endpoint=acct.chat, temperature=0.0 if sdk.name == "java" else 1.5, stream=stream)
+        r = sdk(**base, endpoint=acct.chat, temperature=1.5 if sdk.name == "go" else 0.0, stream=stream)
         assert not r["ok"] and _code(r) == 336003 and "temperature" in _msg(r), r
         r = sdk(**base, endpoint="no_such_service", stream=stream)
         assert not r["ok"] and _code(r) == 336005, r
@@ -146,18 +149,26 @@ def test_wrong_secret(sdk, acct):
 @pytest.mark.parametrize("kind", ["completions", "chat"])
 def test_service_by_name(server, sdk, kind):
     """AK/SK mode: the SDK lists the account's services and calls one by its name (Go: as
-    WithModel, exact; Java: as .model(), any case)."""
+    WithModel, exact; Java: as .model(), any case; Node: as chat()'s model argument, any case,
+    listing afresh on each call). Node's completions() cannot: before any request it looks the
+    model up in its own table of public models (modelInfoMap[model.toUpperCase()].required_keys)
+    and a name not there is a TypeError, whatever service/list holds."""
     a = make_account(server)
     svc = next(s for s in server.platform.services.list(a.account_id) if s.kind == kind)
-    model = svc.endpoint.upper() if sdk.name == "java" else svc.endpoint
+    model = svc.endpoint if sdk.name == "go" else svc.endpoint.upper()
     r = sdk(**_creds(a, "iam"), kind=kind, model=model, text="你好", **_short(sdk, kind))
+    if sdk.name == "node" and kind == "completions":
+        assert not r["ok"] and r["exception"] == "TypeError" and "'includes'" in r["message"], r
+        return
     assert r["ok"], r
     assert isinstance(r["responses"][0]["result"], str)
 
 
 def test_expired_token(server, sdk):
     """A token past its life answers 111. Go fetches a new one and goes on; Java keeps its
-    token for 3590 s and never refreshes, so it reads 111 as an error."""
+    token for 3590 s and never refreshes, so it reads 111 as an error; so does Node, which
+    fetches a token only once its own clock passes expires_in (and 110/111 are not among the
+    codes it retries)."""
     a = make_account(server)
     base = {**_creds(a, "oauth"), "kind": "chat", "endpoint": a.chat, "text": "你好", "max_output_tokens": 4}
     assert sdk(**base)["ok"]
