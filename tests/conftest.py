@@ -7,11 +7,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest.mock
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.services import PostgresCluster, RedisServer, free_port, redis_server_binary, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -122,20 +116,20 @@ def _launch(env: dict, args: list[str], log_path: Path, mode: str) -> subprocess
                                 start_new_session=True)
 
 
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"wharf serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"wharf serve did not start in {timeout} s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
+    try:
+        wait_until(lambda: healthy(url), "wharf serve", timeout, alive=lambda: proc.poll() is None,
+                   log=lambda: log_path.read_text(errors="replace"), interval=0.3)
+    except RuntimeError:
+        proc.kill()
+        raise
 
 
 def stop_server(server: LiveServer, sig=signal.SIGTERM) -> int:
@@ -192,6 +186,33 @@ def server(server_factory) -> LiveServer:
 @pytest.fixture(scope="session")
 def api_key(server) -> str:
     return server.account("openai-tests")[1]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the session; tests take databases from it."""
+    if reason := PostgresCluster.unavailable():
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A throwaway redis-server for the session."""
+    exe = redis_server_binary()
+    if exe is None:
+        pytest.skip("redis-server is not installed and `apt-get install redis-server` failed")
+    server = RedisServer(exe)
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.close()
+        pytest.skip(f"redis-server could not start: {e}")
+    yield server.url
+    server.close()
 
 
 @pytest.fixture(scope="session")

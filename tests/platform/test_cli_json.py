@@ -12,7 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.platform.conftest import LiveServer, free_port
+from tests.platform.conftest import LiveServer
+from tests.services import free_port
 from wharf.api import admin, admin_keys
 from wharf.cli import app as wharf_app
 from wharf.platform.accounts import ensure_admin

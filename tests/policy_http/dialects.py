@@ -8,14 +8,13 @@ greedy decoding, streamed or not, over real HTTP to a live `wharf serve`.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 
 import httpx
-import jwt
 
 from tests.conftest import MODEL
+from tests.dialect_auth import qianfan_token, sensenova_jwt
 
 QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 
@@ -61,17 +60,12 @@ def provision(server, name: str, **limits) -> Identity:
 
 def qf_token(url: str, ident: Identity) -> str:
     if ident.qf_token is None:
-        r = httpx.post(f"{url}/oauth/2.0/token", params={"grant_type": "client_credentials",
-                                                         "client_id": ident.qf_ak,
-                                                         "client_secret": ident.qf_sk}, timeout=30)
-        r.raise_for_status()
-        ident.qf_token = r.json()["access_token"]
+        ident.qf_token = qianfan_token(url, ident.qf_ak, ident.qf_sk)
     return ident.qf_token
 
 
 def sn_jwt(ident: Identity) -> str:
-    now = int(time.time())
-    return jwt.encode({"iss": ident.sn_ak, "exp": now + 1800, "nbf": now - 5}, ident.sn_sk, algorithm="HS256")
+    return sensenova_jwt(ident.sn_ak, ident.sn_sk)
 
 
 # dialect id -> (streams?, chat?)

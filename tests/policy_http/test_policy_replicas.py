@@ -11,16 +11,15 @@ import time
 import httpx
 import pytest
 
-from tests.platform.conftest import new_pg_database
 from tests.policy_http.dialects import ALL_DIALECTS, acall, provision
 from tests.policy_http.test_policy_matrix import PROMPT, _check_quota_concurrency, usage_rows
 
 
 @pytest.fixture(scope="module")
-def replicas(server_factory, pg_base, redis_url):
+def replicas(server_factory, pg_cluster, redis_url):
     from wharf.platform.secretbox import SecretBox
 
-    env = {"WHARF_DATABASE_URL": new_pg_database(pg_base), "WHARF_REDIS_URL": redis_url,
+    env = {"WHARF_DATABASE_URL": pg_cluster.new_database(), "WHARF_REDIS_URL": redis_url,
            "WHARF_SECRET_KEY": SecretBox.generate_key()}     # one key: SenseNova secrets decrypt anywhere
     a = server_factory(extra_env=env)
     b = server_factory(extra_env=env)

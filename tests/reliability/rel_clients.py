@@ -4,14 +4,13 @@ dialect, credentials of the dialect's own kind, one call shape per dialect."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 
 import httpx
-import jwt
 
 from tests.conftest import MODEL
+from tests.dialect_auth import qianfan_token, sensenova_jwt
 
 QF_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 DIALECTS = ("openai", "qianfan", "welm", "sensenova")
@@ -41,20 +40,13 @@ def provision(server, dialect: str, **limits) -> DialectAccount:
         app = p.credentials.create(acct.id, "qianfan_app", label="rel")
         out.ak, out.sk = app.public_id, app.secret
         out.endpoint = p.services.create(acct.id, f"relchat{tag}", MODEL, "chat", "rel").endpoint
-        r = httpx.post(server.url + "/oauth/2.0/token", params={
-            "grant_type": "client_credentials", "client_id": out.ak, "client_secret": out.sk}, timeout=30)
-        out.access_token = r.json()["access_token"]
+        out.access_token = qianfan_token(server.url, out.ak, out.sk)
         out.secrets = [out.sk, out.access_token]
     elif dialect == "sensenova":
         c = p.credentials.create(acct.id, "sensenova", label="rel")
         out.ak, out.sk = c.public_id, c.secret
         out.secrets = [out.sk]
     return out
-
-
-def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256") -> str:
-    now = int(time.time())
-    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in}, sk, algorithm=alg)
 
 
 def request_for(acct: DialectAccount, *, max_tokens: int = 8, stream: bool = False,

@@ -9,97 +9,39 @@ shape (OpenAI/WeLM/SenseNova 503, Qianfan 200 + error_code 336100), never a hang
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.reliability.rel_clients import DIALECTS, error_code, is_error, provision, request_for
+from tests.services import PostgresCluster, RedisServer, redis_server_binary
 
 pytestmark = pytest.mark.slow
-PGBIN = "/usr/lib/postgresql/15/bin"
 
 
 @pytest.fixture(scope="module")
 def pg():
-    if not os.path.exists(f"{PGBIN}/pg_ctl"):
-        pytest.skip("PostgreSQL 15 is not installed")
-    d = tempfile.mkdtemp(prefix="rel-pg-")
-    pre = []
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(d, pw.pw_uid, pw.pw_gid)
-        pre = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-
-    def run(*a):
-        subprocess.run(pre + list(a), check=True, cwd=d, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-
-    run(f"{PGBIN}/initdb", "-D", f"{d}/data", "-U", "postgres", "-A", "trust", "-N", "-E", "UTF8",
-        "--no-instructions")
-    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-
-    class PG:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/app"
-
-        def start(self):
-            run(f"{PGBIN}/pg_ctl", "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-o", opts, "start")
-
-        def stop(self):
-            run(f"{PGBIN}/pg_ctl", "-D", f"{d}/data", "-m", "fast", "-w", "stop")
-
-    p = PG()
-    p.start()
-    run(f"{PGBIN}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "app")
-    yield p
-    subprocess.run(pre + [f"{PGBIN}/pg_ctl", "-D", f"{d}/data", "-m", "immediate", "-w", "stop"],
-                   cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shutil.rmtree(d, ignore_errors=True)
+    """A cluster of this module's own: the test stops and starts it."""
+    if reason := PostgresCluster.unavailable():
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    cluster.start()
+    cluster.url = cluster.new_database()
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(scope="module")
 def redis_srv():
-    if not shutil.which("redis-server"):
+    """A redis-server of this module's own: the test kills and restarts it."""
+    exe = redis_server_binary()
+    if exe is None:
         pytest.skip("redis-server is not installed")
-    d = tempfile.mkdtemp(prefix="rel-redis-")
-    port = free_port()
-
-    class R:
-        url = f"redis://127.0.0.1:{port}/0"
-        proc = None
-
-        def start(self):
-            self.proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                          "--appendonly", "no", "--dir", d, "--logfile", f"{d}/log"],
-                                         stdin=subprocess.DEVNULL)
-            import redis
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis.from_url(self.url).ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-
-        def kill(self):
-            self.proc.kill()
-            self.proc.wait(10)
-
-    r = R()
-    r.start()
-    yield r
-    if r.proc.poll() is None:
-        r.proc.terminate()
-        r.proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    server = RedisServer(exe)
+    server.start()
+    yield server
+    server.close()
 
 
 def _call(server, acct, timeout=30) -> httpx.Response:

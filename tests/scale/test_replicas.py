@@ -14,17 +14,15 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL
-from tests.platform.conftest import new_pg_database, pg_base  # noqa: F401  (fixture)
-from tests.policy.conftest import redis_url  # noqa: F401  (fixture)
 
 QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 
 
 @pytest.fixture(scope="module")
-def replicas(server_factory, pg_base, redis_url):  # noqa: F811
+def replicas(server_factory, pg_cluster, redis_url):
     from wharf.platform.secretbox import SecretBox
 
-    env = {"WHARF_DATABASE_URL": new_pg_database(pg_base), "WHARF_REDIS_URL": redis_url,
+    env = {"WHARF_DATABASE_URL": pg_cluster.new_database(), "WHARF_REDIS_URL": redis_url,
            "WHARF_SECRET_KEY": SecretBox.generate_key()}
     a = server_factory(extra_env=env)        # one at a time: the first creates the schema and admin
     b = server_factory(extra_env=env)

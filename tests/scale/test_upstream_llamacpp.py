@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.conftest import MODEL, free_port
+from tests.conftest import MODEL
 from tests.scale.test_upstream import PROMPT, QF, _post, _sensenova_token, _tokenizer_dir
+from tests.services import free_port
 
 if importlib.util.find_spec("llama_cpp") is None:
     pytest.skip("llama-cpp-python not installed (optional; pip install 'wharf[llamacpp]')",

@@ -32,8 +32,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL, ROOT, LiveServer, _wait_healthy, free_port, stop_server
+from tests.conftest import MODEL, ROOT, LiveServer, _wait_healthy, stop_server
 from tests.policy_http.dialects import ALL_DIALECTS, DIALECTS, QF, call, provision, qf_token, sn_jwt
+from tests.services import free_port
 
 pytestmark = pytest.mark.slow
 

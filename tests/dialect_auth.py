@@ -1,0 +1,22 @@
+"""Credentials as each dialect's client presents them: a Qianfan OAuth access token and a
+SenseNova JWT, the way the official SDKs make them (one copy for every raw-HTTP client)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import jwt
+
+
+def qianfan_token(url: str, ak: str, sk: str) -> str:
+    """An access token from the server's OAuth endpoint (client_credentials grant)."""
+    r = httpx.post(f"{url}/oauth/2.0/token", params={"grant_type": "client_credentials", "client_id": ak,
+                                                     "client_secret": sk}, timeout=30)
+    r.raise_for_status()
+    return r.json()["access_token"]
+
+
+def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256") -> str:
+    now = int(time.time())
+    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in}, sk, algorithm=alg)
