@@ -92,13 +92,9 @@ def wharf_model_folder(cache: Path) -> Path:
     """The safetensors folder Wharf serves the embedded model from, with `cache` as its
     model cache dir (WHARF_MODEL_CACHE_DIR): resolved as wharf.engine.loader resolves it,
     converted from the GGUF first if it is not there yet."""
-    from wharf.engine.loader import _gguf_cache_dir, embedded_model_path, load_weights
+    from wharf.engine.loader import embedded_model_path, model_folder
 
-    gguf = embedded_model_path()
-    folder = _gguf_cache_dir(gguf, cache)
-    if not folder.exists():
-        load_weights(gguf, dtype="float32", cache_root=cache, log=print)
-    return folder
+    return model_folder(embedded_model_path(), cache, log=print)
 
 
 def machine() -> dict:

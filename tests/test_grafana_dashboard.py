@@ -80,12 +80,12 @@ class Exposition:
 def expositions(server, server_factory, model_cache_dir) -> list[Exposition]:
     """/metrics of the shared server and of an upstream gateway in front of it, each after
     one answered request (so labelled series have samples)."""
-    from wharf.engine.loader import _gguf_cache_dir, embedded_model_path
+    from wharf.engine.loader import embedded_model_path, model_folder
 
     _, up_key = server.account("dash-upstream")
     gateway = server_factory(extra_env={
         "WHARF_BACKEND": "upstream", "WHARF_UPSTREAM_URL": server.url, "WHARF_UPSTREAM_API_KEY": up_key,
-        "WHARF_UPSTREAM_TOKENIZER": str(_gguf_cache_dir(embedded_model_path(), model_cache_dir))})
+        "WHARF_UPSTREAM_TOKENIZER": str(model_folder(embedded_model_path(), model_cache_dir))})
     out = []
     for srv in (server, gateway):
         _, key = srv.account("dash-client")

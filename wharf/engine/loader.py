@@ -104,19 +104,27 @@ def _convert_gguf(gguf: Path, target: Path, log) -> None:
     os.replace(tmp, target)  # atomic: a half-written cache is never picked up
 
 
+def model_folder(path: Path, cache_root: Path, log=lambda msg: None) -> Path:
+    """The Hugging Face folder a model is loaded from: `path` itself, or for a .gguf file
+    its conversion under `cache_root` (made here the first time)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".gguf":
+        folder = _gguf_cache_dir(path, Path(cache_root))
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, folder, log)
+        return folder
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
+    return path
+
+
 def load_weights(path: Path, *, dtype: str, cache_root: Path, identity: str | None = None,
                  log=lambda msg: None) -> LoadedWeights:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
-    folder = path
-    if path.suffix == ".gguf":
-        folder = _gguf_cache_dir(path, cache_root)
-        if not folder.exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, folder, log)
-    elif not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is neither a .gguf file nor a Hugging Face model folder")
+    folder = model_folder(path, cache_root, log)
     log(f"loading {folder.name}")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype))

@@ -554,12 +554,8 @@ def build_vllm_engine(spec, *, max_model_len: int, max_batch_size: int | None, d
     path = Path(str(spec.path)).expanduser()
     model = str(path)
     if path.suffix == ".gguf":
-        from wharf.engine.loader import _convert_gguf, _gguf_cache_dir
-        folder = _gguf_cache_dir(path, Path(cache_dir))
-        if not folder.exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, folder, log)
-        model = str(folder)
+        from wharf.engine.loader import model_folder
+        model = str(model_folder(path, Path(cache_dir), log))
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
