@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import PostgresCluster, RedisServer, free_port, redis_server_binary, wait_until
+from tests.services import free_port, running_postgres, running_redis, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -191,28 +191,15 @@ def api_key(server) -> str:
 @pytest.fixture(scope="session")
 def pg_cluster():
     """A throwaway PostgreSQL cluster for the session; tests take databases from it."""
-    if reason := PostgresCluster.unavailable():
-        pytest.skip(reason)
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.close()
+    with running_postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """A throwaway redis-server for the session."""
-    exe = redis_server_binary()
-    if exe is None:
-        pytest.skip("redis-server is not installed and `apt-get install redis-server` failed")
-    server = RedisServer(exe)
-    try:
-        server.start()
-    except RuntimeError as e:
-        server.close()
-        pytest.skip(f"redis-server could not start: {e}")
-    yield server.url
-    server.close()
+    with running_redis() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

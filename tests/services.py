@@ -4,6 +4,7 @@ Fixtures in the conftests wrap these; a test that needs an outage stops and star
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -12,7 +13,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 
@@ -151,3 +154,33 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresCluster]:
+    """A started cluster, removed afterwards; the test is skipped where none can start."""
+    if reason := PostgresCluster.unavailable():
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started redis-server, removed afterwards; the test is skipped where none can start."""
+    exe = redis_server_binary()
+    if exe is None:
+        pytest.skip("redis-server is not installed and `apt-get install redis-server` failed")
+    server = RedisServer(exe)
+    try:
+        try:
+            server.start()
+        except RuntimeError as e:
+            pytest.skip(f"redis-server could not start: {e}")
+        yield server
+    finally:
+        server.close()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.reliability.rel_clients import DIALECTS, error_code, is_error, provision, request_for
-from tests.services import PostgresCluster, RedisServer, redis_server_binary
+from tests.services import running_postgres, running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -23,25 +23,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pg():
     """A cluster of this module's own: the test stops and starts it."""
-    if reason := PostgresCluster.unavailable():
-        pytest.skip(reason)
-    cluster = PostgresCluster()
-    cluster.start()
-    cluster.url = cluster.new_database()
-    yield cluster
-    cluster.close()
+    with running_postgres() as cluster:
+        cluster.url = cluster.new_database()
+        yield cluster
 
 
 @pytest.fixture(scope="module")
 def redis_srv():
     """A redis-server of this module's own: the test kills and restarts it."""
-    exe = redis_server_binary()
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(exe)
-    server.start()
-    yield server
-    server.close()
+    with running_redis() as server:
+        yield server
 
 
 def _call(server, acct, timeout=30) -> httpx.Response:
