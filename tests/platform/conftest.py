@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_server
 from tests.services import free_port, wait_until
 from wharf.platform.core import Platform
 from wharf.platform.secretbox import SecretBox
@@ -102,12 +101,12 @@ def file_bytes(path: Path) -> bytes:
     return data
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def srv(request, server_factory):
-    """A live server of its own per module, on SQLite and on a fresh PostgreSQL database."""
+    """A live server on SQLite and one on a fresh PostgreSQL database, shared by the
+    platform modules (each provisions accounts of its own): two starts for the session,
+    not two per module (~9 s each)."""
     env = {}
     if request.param == "postgresql":
         env["WHARF_DATABASE_URL"] = request.getfixturevalue("pg_cluster").new_database()
-    s = server_factory(extra_env=env)
-    yield s
-    stop_server(s)
+    return server_factory(keep=True, extra_env=env)
