@@ -32,6 +32,12 @@ def model_cache_dir() -> Path:
     return path
 
 
+def account_with_key(platform, name: str, **limits):
+    """A fresh account with an API key: returns (account, key)."""
+    acct = platform.accounts.create(name, **limits)
+    return acct, platform.credentials.create(acct.id, "api_key", label="test").secret
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -57,10 +63,7 @@ class LiveServer:
         return self._platform
 
     def account(self, name: str, **limits):
-        """A fresh account with an API key: returns (account, key)."""
-        acct = self.platform.accounts.create(name, **limits)
-        issued = self.platform.credentials.create(acct.id, "api_key", label="test")
-        return acct, issued.secret
+        return account_with_key(self.platform, name, **limits)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

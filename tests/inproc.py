@@ -10,6 +10,7 @@ not (the scripted token leads every other by SCRIPT_MARGIN logits)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import unittest.mock
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import account_with_key
 from wharf.engine.runners.base import Fill
 
 REPLY = "Paris is the capital of France. 巴黎是法国的首都。"
@@ -83,8 +85,7 @@ class InProcessServer:
     data_dir: Path
 
     def account(self, name: str, **limits):
-        acct = self.platform.accounts.create(name, **limits)
-        return acct, self.platform.credentials.create(acct.id, "api_key", label="test").secret
+        return account_with_key(self.platform, name, **limits)
 
 
 def tokenizer_of_the_embedded_model(model_cache: Path):
@@ -97,8 +98,6 @@ def tokenizer_of_the_embedded_model(model_cache: Path):
 
 def in_process_server(model_cache: Path, model: str, *, reply: str = REPLY, env: dict | None = None):
     """A context manager: the app with its lifespan running, and its store; closed after."""
-    import contextlib
-
     from starlette.testclient import TestClient
 
     from wharf.api.app import create_app
