@@ -9,10 +9,14 @@ import httpx
 import jwt
 
 
-def qianfan_token(url: str, ak: str, sk: str) -> str:
-    """An access token from the server's OAuth endpoint (client_credentials grant)."""
-    r = httpx.post(f"{url}/oauth/2.0/token", params={"grant_type": "client_credentials", "client_id": ak,
-                                                     "client_secret": sk}, timeout=30)
+def qianfan_token(where: str | httpx.Client, ak: str, sk: str) -> str:
+    """An access token from the server's OAuth endpoint (client_credentials grant). `where`:
+    a live server's base URL, or a client whose base_url is the server (the in-process one)."""
+    params = {"grant_type": "client_credentials", "client_id": ak, "client_secret": sk}
+    if isinstance(where, str):
+        r = httpx.post(f"{where}/oauth/2.0/token", params=params, timeout=30)
+    else:
+        r = where.post("/oauth/2.0/token", params=params)
     r.raise_for_status()
     return r.json()["access_token"]
 

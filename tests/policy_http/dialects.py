@@ -2,13 +2,17 @@
 back what that dialect's client would see, classified into one outcome.
 
 Every client sends a completion (or chat) of `prompt` with a small max token count and
-greedy decoding, streamed or not, over real HTTP to a live `wharf serve`.
+greedy decoding, streamed or not, over HTTP to `where`: a live `wharf serve`'s base URL
+(real sockets), or an httpx client whose base_url is the server, such as the in-process
+app's TestClient (tests/inproc.py). One request builder and one classifier serve both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,6 +21,17 @@ from tests.conftest import MODEL
 from tests.dialect_auth import qianfan_token, sensenova_jwt
 
 QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+
+Where = str | httpx.Client     # a live server's base URL, or a client whose base_url is the server
+
+
+def where_of(server) -> Where:
+    """Where to send requests for a LiveServer (its URL) or an InProcessServer (its client)."""
+    return server.client if hasattr(server, "client") else server.url
+
+
+def _base(where: Where) -> str:
+    return where if isinstance(where, str) else ""      # a client resolves paths against its base_url
 
 
 @dataclass
@@ -58,9 +73,9 @@ def provision(server, name: str, **limits) -> Identity:
                     sn.public_id, sn.secret)
 
 
-def qf_token(url: str, ident: Identity) -> str:
+def qf_token(where: Where, ident: Identity) -> str:
     if ident.qf_token is None:
-        ident.qf_token = qianfan_token(url, ident.qf_ak, ident.qf_sk)
+        ident.qf_token = qianfan_token(where, ident.qf_ak, ident.qf_sk)
     return ident.qf_token
 
 
@@ -79,8 +94,9 @@ COMPLETION_DIALECTS = ["openai", "qianfan", "welm", "sensenova"]
 ALL_DIALECTS = list(DIALECTS)
 
 
-def request(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int, *, stream: bool = False):
-    """(method, url, kwargs) for httpx: the request as that dialect's client sends it."""
+def request(dialect: str, where: Where, ident: Identity, prompt: str, max_tokens: int, *, stream: bool = False):
+    """(url, kwargs) for httpx's post: the request as that dialect's client sends it."""
+    url = _base(where)
     chat = DIALECTS[dialect][1]
     msgs = [{"role": "user", "content": prompt}]
     if dialect.startswith("openai"):
@@ -92,7 +108,7 @@ def request(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: in
         body = {"max_output_tokens": max_tokens, "top_k": 1, "stream": stream,
                 **({"messages": msgs} if chat else {"prompt": prompt})}
         path = f"{QF}/chat/{ident.qf_chat}" if chat else f"{QF}/completions/{ident.qf_completions}"
-        return url + path, {"json": body, "params": {"access_token": qf_token(url, ident)}}
+        return url + path, {"json": body, "params": {"access_token": qf_token(where, ident)}}
     if dialect == "welm":
         body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         return url + "/welm/v1/completions", {"json": body,
@@ -202,9 +218,19 @@ def classify(dialect: str, r: httpx.Response, stream: bool) -> Reply:
     return rep
 
 
-def call(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int = 4, *,
-         stream: bool = False, client: httpx.Client | None = None) -> Reply:
-    target, kw = request(dialect, url, ident, prompt, max_tokens, stream=stream)
+def _with_body(kw: dict, body: dict | None) -> dict:
+    if body:
+        kw["json"] = {**kw["json"], **body}
+    return kw
+
+
+def call(dialect: str, where: Where, ident: Identity, prompt: str, max_tokens: int = 4, *,
+         stream: bool = False, client: httpx.Client | None = None, body: dict | None = None) -> Reply:
+    """`body`: fields added to the dialect's JSON body (e.g. ignore_eos)."""
+    target, kw = request(dialect, where, ident, prompt, max_tokens, stream=stream)
+    kw = _with_body(kw, body)
+    if client is None and not isinstance(where, str):
+        client = where
     if client is not None:
         return classify(dialect, client.post(target, **kw), stream)
     with httpx.Client(timeout=120) as c:
@@ -212,15 +238,35 @@ def call(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int =
 
 
 async def acall(dialect: str, url: str, ident: Identity, prompt: str, max_tokens: int = 4, *,
-                stream: bool = False, client: httpx.AsyncClient) -> Reply:
+                stream: bool = False, client: httpx.AsyncClient, body: dict | None = None) -> Reply:
     target, kw = request(dialect, url, ident, prompt, max_tokens, stream=stream)
-    return classify(dialect, await client.post(target, **kw), stream)
+    return classify(dialect, await client.post(target, **_with_body(kw, body)), stream)
 
 
-def metric(url: str, name: str, **labels) -> float:
+def call_at_once(calls: list[tuple[str, Where, Identity, str, int]], **kw) -> list[Reply]:
+    """Every (dialect, where, ident, prompt, max_tokens) sent at the same time (as `call`
+    sends it, with kw), replies in order. To live servers: asyncio over real sockets. To an
+    in-process client: one thread per call through that client, whose portal runs them
+    concurrently on the app's one event loop, as a server's connections are."""
+    for c in calls:         # tokens first (Qianfan's OAuth), outside the burst
+        if c[0].startswith("qianfan"):
+            qf_token(c[1], c[2])
+    if all(isinstance(c[1], str) for c in calls):
+        async def fire():
+            limits = httpx.Limits(max_connections=len(calls) + 10)
+            async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+                return await asyncio.gather(*(acall(*c, client=client, **kw) for c in calls))
+        return asyncio.run(fire())
+    assert not any(isinstance(c[1], str) for c in calls), "live and in-process targets in one burst"
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda c: call(*c, **kw), calls))
+
+
+def metric(where: Where, name: str, **labels) -> float:
     """Sum of a Prometheus series at /metrics whose labels include `labels`."""
     total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+    page = httpx.get(where + "/metrics", timeout=30) if isinstance(where, str) else where.get("/metrics")
+    for line in page.text.splitlines():
         if not line.startswith(name) or line.startswith("#"):
             continue
         series, _, value = line.rpartition(" ")
