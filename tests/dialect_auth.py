@@ -3,20 +3,29 @@ SenseNova JWT, the way the official SDKs make them (one copy for every raw-HTTP 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import httpx
 import jwt
 
 
-def qianfan_token(where: str | httpx.Client, ak: str, sk: str) -> str:
-    """An access token from the server's OAuth endpoint (client_credentials grant). `where`:
-    a live server's base URL, or a client whose base_url is the server (the in-process one)."""
-    params = {"grant_type": "client_credentials", "client_id": ak, "client_secret": sk}
+@contextlib.contextmanager
+def client_for(where: str | httpx.Client):
+    """A client for `where`: a live server's base URL (a new client over real sockets), or a
+    client whose base_url is the server (the in-process one), used as it is."""
     if isinstance(where, str):
-        r = httpx.post(f"{where}/oauth/2.0/token", params=params, timeout=30)
+        with httpx.Client(base_url=where, timeout=120) as client:
+            yield client
     else:
-        r = where.post("/oauth/2.0/token", params=params)
+        yield where
+
+
+def qianfan_token(where: str | httpx.Client, ak: str, sk: str) -> str:
+    """An access token from the server's OAuth endpoint (client_credentials grant)."""
+    params = {"grant_type": "client_credentials", "client_id": ak, "client_secret": sk}
+    with client_for(where) as client:
+        r = client.post("/oauth/2.0/token", params=params)
     r.raise_for_status()
     return r.json()["access_token"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tests.conftest import MODEL
-from tests.dialect_auth import qianfan_token, sensenova_jwt
+from tests.dialect_auth import client_for, qianfan_token, sensenova_jwt
 
 QF = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 
@@ -229,11 +229,9 @@ def call(dialect: str, where: Where, ident: Identity, prompt: str, max_tokens: i
     """`body`: fields added to the dialect's JSON body (e.g. ignore_eos)."""
     target, kw = request(dialect, where, ident, prompt, max_tokens, stream=stream)
     kw = _with_body(kw, body)
-    if client is None and not isinstance(where, str):
-        client = where
     if client is not None:
         return classify(dialect, client.post(target, **kw), stream)
-    with httpx.Client(timeout=120) as c:
+    with client_for(where) as c:
         return classify(dialect, c.post(target, **kw), stream)
 
 
@@ -265,7 +263,8 @@ def call_at_once(calls: list[tuple[str, Where, Identity, str, int]], **kw) -> li
 def metric(where: Where, name: str, **labels) -> float:
     """Sum of a Prometheus series at /metrics whose labels include `labels`."""
     total = 0.0
-    page = httpx.get(where + "/metrics", timeout=30) if isinstance(where, str) else where.get("/metrics")
+    with client_for(where) as client:
+        page = client.get("/metrics")
     for line in page.text.splitlines():
         if not line.startswith(name) or line.startswith("#"):
             continue
