@@ -641,6 +641,9 @@ def main() -> None:
     peer.add_argument("--rounds", type=int, default=2, help="rounds per server and level")
     peer.add_argument("--also-quantize", choices=["int8", "int4"], default=None,
                       help="a second Wharf server with this quantization (wharf-int8, wharf-int4), in the same rounds")
+    peer.add_argument("--also-env", action="append", default=[], metavar="NAME=VALUE",
+                      help="a second Wharf server, wharf-b, with these settings over the first's (repeatable; "
+                           "e.g. WHARF_ENGINE_PROCESS=false): an A/B of one setting in the same rounds")
     peer.add_argument("--wharf-backend", choices=["torch", "vllm"], default="torch",
                       help="the Wharf server's backend: vllm runs it in --vllm-python's venv, on vLLM")
     peer.add_argument("--vllm-python", default=peers.vllm_python_default(),
@@ -664,14 +667,16 @@ def main() -> None:
     if args.peer and (args.llama_cpp or args.gateway_only):
         ap.error("--peer runs on its own: not with --llama-cpp or --gateway-only")
     args.peer = list(dict.fromkeys(args.peer))
-    out = args.out or ROOT / "bench" / ("peer-results.json" if args.peer else "results.json")
+    also_env = dict(item.partition("=")[::2] for item in args.also_env)
+    side_by_side = bool(args.peer or args.also_quantize or also_env)    # the rounds-alternating mode
+    out = args.out or ROOT / "bench" / ("peer-results.json" if side_by_side else "results.json")
 
     from transformers import AutoTokenizer
 
     cache = Path(os.environ.get("WHARF_TEST_MODEL_CACHE", Path.home() / ".cache" / "wharf-test-models"))
     folder = peers.wharf_model_folder(cache)       # the folder the server below serves
     tok = AutoTokenizer.from_pretrained(folder)
-    prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens) if not args.peer else []
+    prompts = make_prompts(max(64, args.baseline_requests), tok, args.prompt_tokens) if not side_by_side else []
 
     data_dir = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
     port = free_port()
@@ -692,7 +697,7 @@ def main() -> None:
         if args.gateway_only:
             print(json.dumps(gateway_overhead(url, key, args, cache)))
             return
-        if args.peer:
+        if side_by_side:
             wharfs = [peers.Server("wharf", url, key, proc=proc, info={
                 "version": wharf_version(), "command": [wharf_python, "-m", "wharf", "serve"], "env": wharf_env,
                 "start-up s": wharf_start})]
@@ -702,6 +707,8 @@ def main() -> None:
                                                  # tokens (the cache grows only as used)
                                                  {"WHARF_DTYPE": "auto", "WHARF_QUANTIZE": args.also_quantize,
                                                   "WHARF_KV_CACHE_MB": "12288"}))
+            if also_env:
+                wharfs.append(start_bench_server(cache, "wharf-b", {**wharf_env, **also_env}))
             try:
                 run_peers(args, out, wharfs, folder, tok)
             finally:

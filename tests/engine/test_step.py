@@ -9,7 +9,7 @@ import torch
 
 from tests.engine.conftest import make_engine
 from wharf.engine.runners.base import Fill
-from wharf.engine.runners.torch_llama import LlamaRunner, kv_bytes_per_token
+from wharf.engine.runners.torch_llama import BATCHED_MATMUL_ATTENTION_FROM, LlamaRunner, kv_bytes_per_token
 
 PROMPTS = [[1, 504, 3458, 282, 4649, 314], [19556, 28, 638, 359, 346, 47, 5248, 1543, 11, 1097], [9690, 1717]]
 
@@ -47,6 +47,25 @@ def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
     contiguous = runner.decode([0, 1], [42, 43], [len(PROMPTS[0]), len(PROMPTS[1])])
     scattered = runner.decode([1, 6], [43, 42], [len(PROMPTS[1]), len(PROMPTS[0])])   # 6 holds PROMPTS[0]
     torch.testing.assert_close(scattered, contiguous.flip(0), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+def test_a_wide_decode_attends_as_each_slot_alone(model, scattered):
+    """From BATCHED_MATMUL_ATTENTION_FROM slots a decode step attends with batched matmuls
+    (fewer: SDPA): the same logits as each slot decoded alone, at different lengths, in
+    contiguous slots (a view of the cache) and in scattered ones (a gathered copy)."""
+    width = BATCHED_MATMUL_ATTENTION_FROM + 2
+    runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256)
+    slots = [2 * i + 1 for i in range(width)] if scattered else list(range(width))
+    prompts = {slot: (PROMPTS[i % 3] * 3)[:4 + i] for i, slot in enumerate(slots)}
+    for slot, prompt in prompts.items():
+        runner.prefill(slot, prompt, 0)
+    tokens = [40 + i for i in range(width)]
+    wide = runner.decode(slots, tokens, [len(prompts[s]) for s in slots])
+    alone = torch.stack([runner.decode([slot], [token], [len(prompts[slot])])[0]
+                         for slot, token in zip(slots, tokens)])
+    torch.testing.assert_close(wide, alone, atol=1e-4, rtol=1e-4)
+    assert (wide.argmax(-1) == alone.argmax(-1)).all()
 
 
 def test_the_cache_grows_in_slots_and_positions_only_as_needed(model):
