@@ -361,11 +361,16 @@ def gateway_overhead(url: str, key: str, args, cache: Path) -> dict:
 
 
 def start_server(data_dir: Path, cache: Path, port: int, extra_env: dict, python: str = sys.executable,
-                 timeout: float = 300):
+                 timeout: float = 300, tree: Path | None = None):
+    """`wharf serve` of this checkout, or of another one (`tree`: e.g. a worktree of an
+    older commit, for an A/B of two commits in one run)."""
     env = {**os.environ, "WHARF_DATA_DIR": str(data_dir), "WHARF_MODEL_CACHE_DIR": str(cache),
            "WHARF_PORT": str(port), **extra_env}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)        # `python -m` also puts the cwd first: both point there
     url = f"http://127.0.0.1:{port}"
-    return launch([python, "-m", "wharf", "serve"], env, data_dir / "server.log", url, "/health", timeout), url
+    return launch([python, "-m", "wharf", "serve"], env, data_dir / "server.log", url, "/health", timeout,
+                  cwd=tree), url
 
 
 def over_vllm_env(folder: Path) -> dict:
@@ -606,10 +611,11 @@ def peer_tables(levels: list[dict]) -> str:
     return markdown(rows) + "\n\n" + markdown(ratios)
 
 
-def wharf_version() -> str:
-    """The commit of this checkout, "+dirty" when wharf/ has uncommitted changes."""
+def wharf_version(tree: Path | None = None) -> str:
+    """The commit of this checkout (or `tree`), "+dirty" when wharf/ has uncommitted changes."""
     def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(["git", "-C", str(tree or ROOT), *a], capture_output=True, text=True,
+                              check=False).stdout.strip()
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "wharf") else "")
 
 
@@ -643,7 +649,10 @@ def main() -> None:
                       help="a second Wharf server with this quantization (wharf-int8, wharf-int4), in the same rounds")
     peer.add_argument("--also-env", action="append", default=[], metavar="NAME=VALUE",
                       help="a second Wharf server, wharf-b, with these settings over the first's (repeatable; "
-                           "e.g. WHARF_ENGINE_PROCESS=false): an A/B of one setting in the same rounds")
+                           "e.g. WHARF_THREADS=1): an A/B of one setting in the same rounds")
+    peer.add_argument("--also-tree", type=Path, default=None, metavar="DIR",
+                      help="wharf-b runs the checkout in DIR (e.g. `git worktree add DIR COMMIT`): "
+                           "an A/B of two commits in the same rounds")
     peer.add_argument("--wharf-backend", choices=["torch", "vllm"], default="torch",
                       help="the Wharf server's backend: vllm runs it in --vllm-python's venv, on vLLM")
     peer.add_argument("--vllm-python", default=peers.vllm_python_default(),
@@ -668,7 +677,7 @@ def main() -> None:
         ap.error("--peer runs on its own: not with --llama-cpp or --gateway-only")
     args.peer = list(dict.fromkeys(args.peer))
     also_env = dict(item.partition("=")[::2] for item in args.also_env)
-    side_by_side = bool(args.peer or args.also_quantize or also_env)    # the rounds-alternating mode
+    side_by_side = bool(args.peer or args.also_quantize or also_env or args.also_tree)   # rounds alternate
     out = args.out or ROOT / "bench" / ("peer-results.json" if side_by_side else "results.json")
 
     from transformers import AutoTokenizer
@@ -707,8 +716,9 @@ def main() -> None:
                                                  # tokens (the cache grows only as used)
                                                  {"WHARF_DTYPE": "auto", "WHARF_QUANTIZE": args.also_quantize,
                                                   "WHARF_KV_CACHE_MB": "12288"}))
-            if also_env:
-                wharfs.append(start_bench_server(cache, "wharf-b", {**wharf_env, **also_env}))
+            if also_env or args.also_tree:
+                wharfs.append(start_bench_server(cache, "wharf-b", {**wharf_env, **also_env},
+                                                 tree=args.also_tree and args.also_tree.resolve()))
             try:
                 run_peers(args, out, wharfs, folder, tok)
             finally:
@@ -752,20 +762,20 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
 
-def start_bench_server(cache: Path, name: str, env: dict) -> peers.Server:
+def start_bench_server(cache: Path, name: str, env: dict, tree: Path | None = None) -> peers.Server:
     """One more Wharf server (its own data dir, account and key) beside the first."""
     from wharf.config import Settings
     from wharf.platform.core import Platform
 
     data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-bench-"))
     t0 = time.perf_counter()
-    proc, url = start_server(data_dir, cache, free_port(), env)
+    proc, url = start_server(data_dir, cache, free_port(), env, tree=tree)
     start = round(time.perf_counter() - t0, 1)
     plat = Platform.open(Settings(data_dir=data_dir))
     key = plat.credentials.create(plat.accounts.create("bench").id, "api_key").secret
     return peers.Server(name, url, key, proc=proc, info={
-        "version": wharf_version(), "command": [sys.executable, "-m", "wharf", "serve"], "env": env,
-        "start-up s": start})
+        "version": wharf_version(tree), "command": [sys.executable, "-m", "wharf", "serve"], "env": env,
+        "tree": str(tree or ROOT), "start-up s": start})
 
 
 def run_peers(args, out: Path, wharfs: list[peers.Server], folder: Path, tok) -> None:

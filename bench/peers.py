@@ -41,11 +41,11 @@ def free_port() -> int:
 
 
 def launch(cmd: list[str], env: dict, log_path: Path, url: str, ready_path: str,
-           timeout: float = 300) -> subprocess.Popen:
+           timeout: float = 300, cwd: Path | None = None) -> subprocess.Popen:
     """Start a server process (a process group of its own, so `stop` ends its children
     too) and wait until GET url+ready_path answers 200."""
     log = open(log_path, "wb")  # noqa: SIM115 (the server writes to it for its whole life)
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:

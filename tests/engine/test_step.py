@@ -49,21 +49,28 @@ def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
     torch.testing.assert_close(scattered, contiguous.flip(0), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scattered", [False, True])
-def test_a_wide_decode_attends_as_each_slot_alone(model, scattered):
-    """From BATCHED_MATMUL_ATTENTION_FROM slots a decode step attends with batched matmuls
-    (fewer: SDPA): the same logits as each slot decoded alone, at different lengths, in
-    contiguous slots (a view of the cache) and in scattered ones (a gathered copy)."""
-    width = BATCHED_MATMUL_ATTENTION_FROM + 2
+@pytest.mark.parametrize("layout", ["contiguous", "gaps", "scattered"])
+def test_a_wide_decode_attends_as_each_slot_alone(model, layout):
+    """From BATCHED_MATMUL_ATTENTION_FROM slots close together a decode step attends with
+    batched matmuls over the cache in place (else SDPA): the same logits as each slot
+    decoded alone, at different lengths, in contiguous slots, in a range with two slots
+    that do not decode (one holding another sequence), and spread out (SDPA). The
+    prompts are long enough that the cache's 256 allocated positions are few to read."""
+    width = BATCHED_MATMUL_ATTENTION_FROM + 4
     runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256)
-    slots = [2 * i + 1 for i in range(width)] if scattered else list(range(width))
-    prompts = {slot: (PROMPTS[i % 3] * 3)[:4 + i] for i, slot in enumerate(slots)}
+    slots = {"contiguous": list(range(width)), "gaps": [s for s in range(width + 2) if s not in (3, 7)],
+             "scattered": [2 * i + 1 for i in range(width)]}[layout]
+    prompts = {slot: (PROMPTS[i % 3] * 40)[:150 + 3 * i] for i, slot in enumerate(slots)}
     for slot, prompt in prompts.items():
         runner.prefill(slot, prompt, 0)
-    tokens = [40 + i for i in range(width)]
-    wide = runner.decode(slots, tokens, [len(prompts[s]) for s in slots])
-    alone = torch.stack([runner.decode([slot], [token], [len(prompts[slot])])[0]
-                         for slot, token in zip(slots, tokens)])
+    if layout == "gaps":
+        runner.prefill(7, PROMPTS[1], 0)               # in the range, not decoding
+    tokens, positions = [40 + i for i in range(width)], [len(prompts[s]) for s in slots]
+    in_place = "_attend_in_place" in runner._decode_attention(slots, positions).__qualname__
+    assert in_place == (layout != "scattered")
+    wide = runner.decode(slots, tokens, positions)
+    alone = torch.stack([runner.decode([slot], [token], [position])[0]
+                         for slot, token, position in zip(slots, tokens, positions)])
     torch.testing.assert_close(wide, alone, atol=1e-4, rtol=1e-4)
     assert (wide.argmax(-1) == alone.argmax(-1)).all()
 

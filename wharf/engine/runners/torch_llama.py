@@ -20,8 +20,8 @@ from wharf.engine.runners.linear import check, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
-# Decode steps of at least this many sequences attend with batched matmuls, fewer with
-# SDPA (see _decode_attention).
+# Decode steps of at least this many sequences, close together in the cache, attend with
+# batched matmuls; fewer, or spread out, with SDPA (see _decode_attention).
 BATCHED_MATMUL_ATTENTION_FROM = 16
 
 
@@ -207,39 +207,56 @@ class LlamaRunner:
     def _decode_attention(self, slots: list[int], positions: list[int]):
         """Attention of one new token per slot over that slot's cache, as a function of
         (q [b, H, D], layer caches). The query heads that share a KV head go in as that
-        head's query rows, so nothing repeats K/V. A few slots: one SDPA call (3x faster
-        than matmul-softmax-matmul there, and than SDPA's enable_gqa). Many: two batched
-        matmuls over a contiguous copy of the slots' K and V, with the softmax in float32;
-        SDPA's CPU kernel pays ~6 us per (slot, KV head), 69 of the 175 ms a step took at
-        128 slots in bf16 (bench/README.md)."""
+        head's query rows, so nothing repeats K/V.
+
+        A few slots, or slots spread over the cache: one SDPA call over the longest
+        sequence's positions (3x faster than matmul-softmax-matmul at a few, and than
+        SDPA's enable_gqa). Many slots close together: two batched matmuls straight over
+        the cache's allocated positions of the slots' range (gaps and positions past each
+        sequence masked), softmax in float32. SDPA's CPU kernel pays ~6 us per (slot, KV
+        head), 2.6-3.2 ms a layer at 128 slots of 190 positions against 1.8-2.1 ms here
+        (bf16, AMD EPYC, bench/README.md); a copy of a cache view costs more than both,
+        so the matmuls read it in place, past positions included, while those are few."""
         b, span = len(slots), max(positions) + 1
+        lo, width = min(slots), max(slots) - min(slots) + 1
+        if (b >= BATCHED_MATMUL_ATTENTION_FROM and 4 * width <= 5 * b
+                and 4 * self.capacity <= 7 * span):
+            return self._attend_in_place(slots, positions, lo, width)
         past = torch.arange(span).unsqueeze(0) > torch.tensor(positions).unsqueeze(1)
         # Additive, in the model's dtype: SDPA would convert a boolean mask in every layer.
         mask = torch.zeros(past.shape, dtype=self.dtype).masked_fill_(past, float("-inf"))[:, None, None, :]
         # Slots in use are kept contiguous by the scheduler when it can, so the cache read
         # below is a view; otherwise index_select copies.
-        first = slots[0]
-        rows = slice(first, first + b) if slots == list(range(first, first + b)) else torch.tensor(slots)
-        n_kv, group, dim = self.n_kv, self.group, self.head_dim
+        rows = slice(lo, lo + b) if width == b and slots == list(range(lo, lo + b)) else torch.tensor(slots)
 
         def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-            qg = q.reshape(b, n_kv, group, dim)
+            qg = q.reshape(b, self.n_kv, self.group, self.head_dim)
             out = F.scaled_dot_product_attention(qg, k_cache[rows, :, :span], v_cache[rows, :, :span],
                                                  attn_mask=mask)
             return out.reshape(b, -1)
+        return attend
 
-        if b < BATCHED_MATMUL_ATTENTION_FROM:
-            return attend
-        bmask = mask.float().expand(b, n_kv, group, span).reshape(b * n_kv, group, span)
+    def _attend_in_place(self, slots: list[int], positions: list[int], lo: int, width: int):
+        """_decode_attention's batched matmuls over cache slots lo..lo+width-1; a slot of
+        the range that is not decoding gets a zero query at position 0, its row dropped."""
+        n_kv, group, dim, cap, b = self.n_kv, self.group, self.head_dim, self.capacity, len(slots)
+        gaps = width != b
+        where = torch.tensor(slots) - lo
+        pos = torch.zeros(width, dtype=torch.long).index_copy_(0, where, torch.tensor(positions))
+        mask = torch.zeros(width, 1, 1, cap).masked_fill_(torch.arange(cap) > pos[:, None, None, None],
+                                                          float("-inf"))
 
-        def attend_batched(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-            # A contiguous copy: oneDNN's batched matmul copies a strided cache view far slower.
-            keys = k_cache[rows, :, :span].reshape(b * n_kv, span, dim).contiguous()
-            values = v_cache[rows, :, :span].reshape(b * n_kv, span, dim).contiguous()
-            scores = torch.bmm(q.reshape(b * n_kv, group, dim), keys.transpose(1, 2))
-            probs = torch.softmax(torch.add(bmask, scores.float(), alpha=self.scale), dim=-1)
-            return torch.bmm(probs.to(q.dtype), values).reshape(b, -1)
-        return attend_batched
+        def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+            if gaps:
+                q = q.new_zeros(width, *q.shape[1:]).index_copy_(0, where, q)
+            keys = k_cache[lo:lo + width].view(width * n_kv, cap, dim)
+            values = v_cache[lo:lo + width].view(width * n_kv, cap, dim)
+            scores = torch.bmm(q.reshape(width * n_kv, group, dim), keys.transpose(1, 2))
+            scores = torch.add(mask, scores.view(width, n_kv, group, cap).float(), alpha=self.scale)
+            probs = torch.softmax(scores, dim=-1).to(q.dtype).view(width * n_kv, group, cap)
+            out = torch.bmm(probs, values).view(width, -1)
+            return out[where] if gaps else out
+        return attend
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
         """Logits [V] of the last of `token_ids`, run at positions start.. of `slot`."""
