@@ -120,8 +120,9 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> SampleResult:
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if greedy:
-        idx = torch.tensor(greedy)
-        for i, t in zip(greedy, logits[idx].argmax(dim=-1).tolist()):
+        # All rows greedy (the common batch): no copy of the [B, V] logits to index them.
+        rows_logits = logits if len(greedy) == b else logits[torch.tensor(greedy)]
+        for i, t in zip(greedy, rows_logits.argmax(dim=-1).tolist()):
             tokens[i] = t
     if sampled:
         idx = torch.tensor(sampled)

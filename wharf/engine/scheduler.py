@@ -256,7 +256,7 @@ class Scheduler:
                 ready.append(seq)
                 rows.append(logits.unsqueeze(0))
         if ready:
-            self._sample_and_emit(ready, torch.cat(rows))
+            self._sample_and_emit(ready, rows[0] if len(rows) == 1 else torch.cat(rows))
 
     def _forward(self, slots, tokens, positions, filling, fills):
         """runner.step; when it raises, each fill is retried alone so that a request whose
