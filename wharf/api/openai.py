@@ -182,16 +182,6 @@ async def _framed(frames):
     yield event("[DONE]")
 
 
-async def _collect(run: Run, n: int) -> dict[int, tuple[list[Chunk], str, FinishReason]]:
-    """A whole non-streamed answer: per choice its chunks, text and finish reason."""
-    per_choice: dict[int, list[Chunk]] = {i: [] for i in range(n)}
-    async for c in run.chunks():
-        per_choice[c.index].append(c)
-    return {i: (chunks, "".join(c.text for c in chunks),
-                next((c.finish_reason for c in reversed(chunks) if c.finish_reason), FinishReason.STOP))
-            for i, chunks in per_choice.items()}
-
-
 async def _admit(request: Request, body_model, build, id_prefix: str):
     """Authenticate, parse, and start a run; returns (body, run) or an error response."""
     state = request.app.state
@@ -253,16 +243,16 @@ async def completions(request: Request):
         return sse_response(_framed(stream()))
 
     try:
-        per_choice = await unless_client_leaves(request, _collect(run, body.n))
+        per_choice = await unless_client_leaves(request, run.whole())
     except ClientGone:
         return gone_response()
     except WharfError as exc:
         return openai_error(exc)
     choices = []
-    for i, (chunks, text, finish) in per_choice.items():
-        choices.append({"index": i, "text": echo + text,
-                        "logprobs": _completion_logprobs(chunks, len(echo)) if body.logprobs is not None else None,
-                        "finish_reason": FINISH[finish]})
+    for i, out in enumerate(per_choice):
+        choices.append({"index": i, "text": echo + out.text,
+                        "logprobs": _completion_logprobs(out.chunks, len(echo)) if body.logprobs is not None else None,
+                        "finish_reason": FINISH[out.finish]})
     return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": run.model,
                          "choices": choices, "usage": _usage(run)})
 
@@ -317,14 +307,15 @@ async def chat_completions(request: Request):
         return sse_response(_framed(stream()))
 
     try:
-        per_choice = await unless_client_leaves(request, _collect(run, body.n))
+        per_choice = await unless_client_leaves(request, run.whole())
     except ClientGone:
         return gone_response()
     except WharfError as exc:
         return openai_error(exc)
     choices = []
-    for i, (chunks, text, finish) in per_choice.items():
-        content, calls = use.answer(text, finish) if use else (text, [])
+    for i, out in enumerate(per_choice):
+        chunks, finish = out.chunks, out.finish
+        content, calls = use.answer(out.text, finish) if use else (out.text, [])
         message = {"role": "assistant", "content": content, "refusal": None}
         if calls:
             message["tool_calls"] = message_calls(calls)

@@ -131,6 +131,15 @@ class _TokenGate:
         return out, ids, lps
 
 
+@dataclass
+class ChoiceOutput:
+    """One choice of a whole (non-streamed) answer."""
+
+    chunks: list[Chunk]
+    text: str
+    finish: FinishReason
+
+
 class Run:
     """An admitted request. Iterate `chunks()` once; everything is settled when it ends,
     however it ends (finished, blocked, failed, or the client went away)."""
@@ -184,6 +193,22 @@ class Run:
     @property
     def generated_chars(self) -> int:
         return sum(c.chars for c in self.choices)
+
+    async def whole(self) -> list[ChoiceOutput]:
+        """A non-streamed answer: per choice its chunks, text and finish reason (STOP where
+        none came). The chunks' generator is closed here, also when the caller's task is
+        cancelled (the client left), so the run settles at once."""
+        per_choice: list[list[Chunk]] = [[] for _ in self.choices]
+        chunks = self.chunks()
+        try:
+            async for c in chunks:
+                per_choice[c.index].append(c)
+        finally:
+            await chunks.aclose()
+        return [ChoiceOutput(chunks=cs, text="".join(c.text for c in cs),
+                             finish=next((c.finish_reason for c in reversed(cs) if c.finish_reason),
+                                         FinishReason.STOP))
+                for cs in per_choice]
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         guards = [self.pipeline.safety.stream_guard() for _ in self.choices]

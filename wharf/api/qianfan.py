@@ -418,23 +418,14 @@ async def _serve(request: Request, endpoint: str, kind: str):
         return StreamingResponse(_stream(run, rid, obj, kind), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
-    texts, finish = [], None
-    chunks = run.chunks()
-
-    async def collect() -> None:
-        nonlocal finish
-        async for c in chunks:
-            texts.append(c.text)
-            finish = c.finish_reason or finish
     try:
-        await unless_client_leaves(request, collect())
+        (whole,) = await unless_client_leaves(request, run.whole())      # Qianfan has no n
     except ClientGone:
         return gone_response()
     except E.WharfError as exc:
         return qianfan_error(exc, headers=headers, rid=rid)
-    finally:
-        await chunks.aclose()
-    out = {"id": rid, "object": obj, "created": int(time.time()), "result": "".join(texts),
+    finish = whole.finish
+    out = {"id": rid, "object": obj, "created": int(time.time()), "result": whole.text,
            "is_truncated": finish is FinishReason.LENGTH, "need_clear_history": False,
            "finish_reason": FINISH.get(finish, "normal")}
     if kind == "completions" or finish is FinishReason.CONTENT:

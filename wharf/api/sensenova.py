@@ -193,25 +193,16 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
     if body.stream:
         return sse_response(_stream(run, rid, body.n, chat, reason))
 
-    texts: list[list[str]] = [[] for _ in range(body.n)]
-    finish: list[FinishReason | None] = [None] * body.n
-
-    async def collect() -> None:
-        async for c in run.chunks():
-            texts[c.index].append(c.text)
-            if c.finish_reason is not None:
-                finish[c.index] = c.finish_reason
     try:
-        await unless_client_leaves(request, collect())
+        outputs = await unless_client_leaves(request, run.whole())
     except ClientGone:
         return gone_response()
     except WharfError as exc:
         return sensenova_error(exc)
     choices = []
-    for i, t in enumerate(texts):
-        text = "".join(t)
-        choices.append({"message": text, "role": "assistant", "index": i, "finish_reason": reason(finish[i])}
-                       if chat else {"text": text, "index": i, "finish_reason": reason(finish[i])})
+    for i, out in enumerate(outputs):
+        choices.append({"message": out.text, "role": "assistant", "index": i, "finish_reason": reason(out.finish)}
+                       if chat else {"text": out.text, "index": i, "finish_reason": reason(out.finish)})
     return JSONResponse({"data": {"id": rid, "choices": choices,
                                   "usage": _usage(run.prompt_tokens, run.completion_tokens)},
                          "status": OK})

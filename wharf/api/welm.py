@@ -148,27 +148,18 @@ async def completions(request: Request):
     except WharfError as exc:
         return welm_error(exc, body.model, caller.request_id)
 
-    texts: list[list[str]] = [[] for _ in range(body.n)]
-    finish: list[FinishReason | None] = [None] * body.n
-
-    async def collect() -> None:
-        async for c in run.chunks():
-            texts[c.index].append(c.text)
-            if c.finish_reason is not None:
-                finish[c.index] = c.finish_reason
     try:
-        await unless_client_leaves(request, collect())
+        outputs = await unless_client_leaves(request, run.whole())
     except ClientGone:
         return gone_response()
     except WharfError as exc:
         return welm_error(exc, body.model, caller.request_id)
     echo = body.prompt if body.echo else ""
     choices = []
-    for i, t in enumerate(texts):
-        reason = finish[i] or FinishReason.STOP
+    for i, out in enumerate(outputs):
         # A choice cut by the output check carries no text, as the seed's 200 + error implies.
-        text = "" if reason is FinishReason.CONTENT else echo + "".join(t)
-        choices.append({"text": text, "index": i, "logprobs": 0, "finish_reason": FINISH[reason]})
+        text = "" if out.finish is FinishReason.CONTENT else echo + out.text
+        choices.append({"text": text, "index": i, "logprobs": 0, "finish_reason": FINISH[out.finish]})
     return JSONResponse({"id": caller.request_id, "object": "text_generation", "created": int(time.time()),
                          "model": body.model, "choices": choices})
 
