@@ -4,9 +4,10 @@ gpt-fast style: the weights are taken from the loaded Hugging Face model (q/k/v 
 gate/up fused into one matmul each), and the KV cache is one tensor per layer indexed
 by slot. A step is one flat batch of tokens: the decode rows (one token per slot) and
 the fill chunks (prompt tokens) share every matmul; only attention differs by kind of
-row. Decode attention is one SDPA call over each slot's valid prefix with a KV head's
-query heads as its rows; HF's dynamic cache spends most of a decode step in cache
-`cat`s and in SDPA for one query row (see bench/README.md).
+row. Decode attention takes a KV head's query heads as its rows: one SDPA call for a few
+slots, two batched matmuls over the cache in place for many (_decode_attention); HF's
+dynamic cache spends most of a decode step in cache `cat`s and in SDPA for one query row
+(see bench/README.md).
 """
 
 from __future__ import annotations
