@@ -49,17 +49,18 @@ def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
     torch.testing.assert_close(scattered, contiguous.flip(0), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "gaps", "scattered"])
+@pytest.mark.parametrize("layout", ["contiguous", "gaps", "reversed", "scattered"])
 def test_a_wide_decode_attends_as_each_slot_alone(model, layout):
     """From BATCHED_MATMUL_ATTENTION_FROM slots close together a decode step attends with
     batched matmuls over the cache in place (else SDPA): the same logits as each slot
     decoded alone, at different lengths, in contiguous slots, in a range with two slots
-    that do not decode (one holding another sequence), and spread out (SDPA). The
+    that do not decode (one holding another sequence), contiguous but listed in reverse,
+    and spread out (SDPA). The
     prompts are long enough that the cache's 256 allocated positions are few to read."""
     width = BATCHED_MATMUL_ATTENTION_FROM + 4
     runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256)
     slots = {"contiguous": list(range(width)), "gaps": [s for s in range(width + 2) if s not in (3, 7)],
-             "scattered": [2 * i + 1 for i in range(width)]}[layout]
+             "reversed": list(range(width))[::-1], "scattered": [2 * i + 1 for i in range(width)]}[layout]
     prompts = {slot: (PROMPTS[i % 3] * 40)[:150 + 3 * i] for i, slot in enumerate(slots)}
     for slot, prompt in prompts.items():
         runner.prefill(slot, prompt, 0)

@@ -228,7 +228,7 @@ class LlamaRunner:
         mask = torch.zeros(past.shape, dtype=self.dtype).masked_fill_(past, float("-inf"))[:, None, None, :]
         # Slots in use are kept contiguous by the scheduler when it can, so the cache read
         # below is a view; otherwise index_select copies.
-        rows = slice(lo, lo + b) if width == b and slots == list(range(lo, lo + b)) else torch.tensor(slots)
+        rows = slice(lo, lo + b) if slots == list(range(lo, lo + b)) else torch.tensor(slots)
 
         def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
             qg = q.reshape(b, self.n_kv, self.group, self.head_dim)
@@ -239,16 +239,17 @@ class LlamaRunner:
 
     def _attend_in_place(self, slots: list[int], positions: list[int], lo: int, width: int):
         """_decode_attention's batched matmuls over cache slots lo..lo+width-1; a slot of
-        the range that is not decoding gets a zero query at position 0, its row dropped."""
-        n_kv, group, dim, cap, b = self.n_kv, self.group, self.head_dim, self.capacity, len(slots)
-        gaps = width != b
+        the range that is not decoding gets a zero query at position 0, its row dropped;
+        the rows come back in the order of `slots`."""
+        n_kv, group, dim, cap = self.n_kv, self.group, self.head_dim, self.capacity
+        in_cache_order = slots == list(range(lo, lo + width))
         where = torch.tensor(slots) - lo
         pos = torch.zeros(width, dtype=torch.long).index_copy_(0, where, torch.tensor(positions))
         mask = torch.zeros(width, 1, 1, cap).masked_fill_(torch.arange(cap) > pos[:, None, None, None],
                                                           float("-inf"))
 
         def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-            if gaps:
+            if not in_cache_order:
                 q = q.new_zeros(width, *q.shape[1:]).index_copy_(0, where, q)
             keys = k_cache[lo:lo + width].view(width * n_kv, cap, dim)
             values = v_cache[lo:lo + width].view(width * n_kv, cap, dim)
@@ -256,7 +257,7 @@ class LlamaRunner:
             scores = torch.add(mask, scores.view(width, n_kv, group, cap).float(), alpha=self.scale)
             probs = torch.softmax(scores, dim=-1).to(q.dtype).view(width * n_kv, group, cap)
             out = torch.bmm(probs, values).view(width, -1)
-            return out[where] if gaps else out
+            return out if in_cache_order else out[where]
         return attend
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
