@@ -19,14 +19,16 @@ model names, request.app.state.registry with .names() -> list[str].
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import typing
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from wharf.api.dialect import Dialect, retry_after
 from wharf.errors import (
@@ -44,8 +46,13 @@ from wharf.errors import (
     by_kind,
 )
 from wharf.platform import audit
+from wharf.platform.accounts import AccountInfo
 from wharf.platform.auth import Principal
+from wharf.platform.credentials import CredentialInfo
 from wharf.platform.lexicon_terms import MAX_TERM_CHARS, MAX_TERMS, replace_lexicon
+from wharf.platform.quota import QuotaStatus
+from wharf.platform.services import ServiceInfo
+from wharf.platform.usage import UsageRow
 
 # The admin API's and console's error table; a kind not in it is an internal error (500).
 STATUS = {AuthError: 401, PermissionDenied: 403, NotFound: 404, Conflict: 409, InvalidParam: 400,
@@ -102,24 +109,17 @@ class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class AccountOut(_Out):
-    id: int
-    name: str
-    status: str
-    is_admin: bool
-    created_at: dt.datetime
-    quota_chars_per_day: int | None
-    quota_tokens_per_day: int | None
-    rpm: int | None
-    tpm: int | None
-    qps: int | None
-    max_concurrency: int | None
-    key_rpm: int | None = None
-    key_tpm: int | None = None
-    key_qps: int | None = None
-    key_max_concurrency: int | None = None
-    service_rpm: int | None = None
-    service_tpm: int | None = None
+def response_schema(info: type, name: str) -> type[BaseModel]:
+    """The response schema of a platform dataclass: its fields, types and defaults, under the
+    name the OpenAPI document and the CLI's --json use. One list of fields, the platform's."""
+    hints = typing.get_type_hints(info)
+    fields = {f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(info)}
+    doc = info.__doc__ if not (info.__doc__ or "").startswith(info.__name__ + "(") else None
+    return create_model(name, __base__=_Out, __doc__=doc, **fields)
+
+
+AccountOut = response_schema(AccountInfo, "AccountOut")
 
 
 _LIMIT = "null: no limit; 0: nothing allowed (every request refused); n: at most n"
@@ -160,19 +160,7 @@ class AccountCreate(AccountLimits):
     is_admin: bool = False
 
 
-class CredentialOut(_Out):
-    id: int
-    account_id: int
-    kind: str
-    label: str
-    public_id: str
-    created_at: dt.datetime
-    revoked_at: dt.datetime | None
-    last_used_at: dt.datetime | None
-    rpm: int | None
-    tpm: int | None
-    qps: int | None
-    max_concurrency: int | None
+CredentialOut = response_schema(CredentialInfo, "CredentialOut")
 
 
 class CredentialCreate(Limits):
@@ -197,18 +185,7 @@ class IssuedCredentialOut(BaseModel):
     secret_access_key: str | None = None
 
 
-class ServiceOut(_Out):
-    id: int
-    account_id: int
-    endpoint: str
-    url_suffix: str | None
-    model: str
-    kind: str
-    description: str
-    rpm: int | None
-    tpm: int | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
+ServiceOut = response_schema(ServiceInfo, "ServiceOut")
 
 
 class ServiceCreate(BaseModel):
@@ -232,13 +209,7 @@ class ServiceUpdate(BaseModel):
     tpm: int | None = Field(None, ge=0, description="tokens a minute; " + _LIMIT)
 
 
-class UsageRowOut(_Out):
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    generated_chars: int
-    errors: int
+UsageRowOut = response_schema(UsageRow, "UsageRowOut")
 
 
 class UsageOut(BaseModel):
@@ -249,15 +220,7 @@ class UsageOut(BaseModel):
     rows: list[UsageRowOut]
 
 
-class QuotaOut(_Out):
-    account_id: int
-    day: dt.date
-    chars_limit: int | None
-    tokens_limit: int | None
-    chars_used: int
-    tokens_used: int
-    chars_reserved: int
-    tokens_reserved: int
+QuotaOut = response_schema(QuotaStatus, "QuotaOut")
 
 
 class LexiconIn(BaseModel):

@@ -10,15 +10,13 @@ shape as wharf/api/admin.py.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from wharf.api.admin import AdminRoute, _platform, principal
+from wharf.api.admin import AdminRoute, _platform, principal, response_schema
 from wharf.errors import NotFound
 from wharf.platform.auth import Principal
-from wharf.platform.request_content import MAX_RETENTION_DAYS
+from wharf.platform.request_content import MAX_RETENTION_DAYS, StoredContent
 
 
 class ContentStorageOut(BaseModel):
@@ -33,13 +31,7 @@ class ContentStorageIn(BaseModel):
                                        ge=1, le=MAX_RETENTION_DAYS)
 
 
-class ContentOut(BaseModel):
-    request_id: str
-    account_id: int
-    created_at: dt.datetime
-    expires_at: dt.datetime
-    prompt: str
-    outputs: list[str]
+ContentOut = response_schema(StoredContent, "ContentOut")
 
 
 def _own_account(p: Principal, account_id: int) -> int:

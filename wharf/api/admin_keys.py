@@ -20,32 +20,17 @@ from wharf.api.admin import (
     _require_admin,
     _target_account,
     principal,
+    response_schema,
 )
 from wharf.platform.auth import Principal
-from wharf.platform.key_scope import MAX_LIST, MAX_QUOTA
+from wharf.platform.key_scope import MAX_LIST, MAX_QUOTA, KeyScope
+from wharf.platform.quota import CredentialQuotaStatus
 
 _QUOTA = "on top of the account's; null: none of its own; 0: nothing allowed; n: at most n"
 
 
-class ScopeOut(BaseModel):
-    credential_id: int
-    expires_at: dt.datetime | None
-    allowed_models: list[str] | None
-    allowed_services: list[int] | None
-    quota_chars_per_day: int | None = None
-    quota_tokens_per_day: int | None = None
-
-
-class CredentialQuotaOut(BaseModel):
-    """Today's counters the credential counts on (its rotation line's) and its own limits."""
-    credential_id: int
-    day: dt.date
-    chars_limit: int | None
-    tokens_limit: int | None
-    chars_used: int
-    tokens_used: int
-    chars_reserved: int
-    tokens_reserved: int
+ScopeOut = response_schema(KeyScope, "ScopeOut")
+CredentialQuotaOut = response_schema(CredentialQuotaStatus, "CredentialQuotaOut")
 
 
 class ScopeIn(BaseModel):
