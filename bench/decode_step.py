@@ -22,14 +22,16 @@ sys.path.insert(0, str(ROOT))
 from peers import machine  # noqa: E402  (bench/, beside this file)
 
 from wharf.engine.loader import EMBEDDED_IDENTITY, embedded_model_path, load_weights  # noqa: E402
-from wharf.engine.runners import linear, torch_llama  # noqa: E402
+from wharf.engine.runners import int8, linear, torch_llama  # noqa: E402
 from wharf.engine.runners.base import Fill  # noqa: E402
 
 
 def runner_for(quantize: str, dtype: str, cache: Path, slots: int):
     weights = load_weights(embedded_model_path(), dtype=linear.weights_dtype(dtype, quantize), cache_root=cache,
                            identity=EMBEDDED_IDENTITY)
-    return torch_llama.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize)
+    ranges = None if quantize == "none" else int8.activation_ranges(weights.model, weights.tokenizer)
+    return torch_llama.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize,
+                                   act_ranges=ranges)
 
 
 def time_steps(runner, batch: int, steps: int, context: int = 100) -> list[float]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tests.engine.conftest import make_engine, mixed_batch
 from tests.engine.test_int8 import HELD_OUT, _next_token_logits
-from wharf.engine.runners import int4
+from wharf.engine.runners import int4, int8
 from wharf.engine.runners.linear import compute_dtype, make_linear
 from wharf.engine.runners.torch_llama import LlamaRunner
 
@@ -48,7 +48,8 @@ def test_refuses_inputs_that_are_not_whole_groups():
 def test_int4_stays_close_to_the_float_model(hf_model):
     model, tok = hf_model
     exact = LlamaRunner(model, max_slots=1, max_len=256)
-    quantized = LlamaRunner(model, max_slots=1, max_len=256, quantize="int4")
+    quantized = LlamaRunner(model, max_slots=1, max_len=256, quantize="int4",
+                            act_ranges=int8.activation_ranges(model, tok))
     assert quantized.dtype == compute_dtype("int4", torch.float32)
     agree = total = 0
     for text in HELD_OUT:

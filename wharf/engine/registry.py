@@ -40,8 +40,8 @@ def build_engine(spec: ModelSpec, *, dtype: str, cache_dir: Path, max_batch_size
                                                 kv_dtype)
     if torch_llama.supports(model):
         act_ranges = None
-        if linear.check(quantize) == "int8":
-            log(f"calibrating int8 weights for {spec.name}")
+        if linear.check(quantize) != "none":
+            log(f"calibrating the int8 matmuls of {spec.name} ({quantize})")
             act_ranges = int8.activation_ranges(model, tokenizer)
         runner = torch_llama.LlamaRunner(model, max_slots=max_batch_size, max_len=window, quantize=quantize,
                                          act_ranges=act_ranges)

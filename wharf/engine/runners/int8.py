@@ -17,7 +17,6 @@ built-in texts (no data is downloaded).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
 
@@ -48,7 +47,8 @@ def cpu_has_vnni() -> bool:
 
 
 def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
-    """x -> x @ weight.T + bias as fbgemm's dynamic-int8 matmul (float32 in and out)."""
+    """x -> x @ weight.T + bias as fbgemm's dynamic-int8 matmul (float32 out; x in any float
+    dtype, taken as float32)."""
     w = weight.detach().float()
     scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
     with warnings.catch_warnings():   # torch marks quantized tensors deprecated; the pin keeps them
@@ -58,7 +58,11 @@ def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linea
         packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
     # reduce_range: 7-bit activations, as AVX2 without VNNI needs (8 bits saturate its int16
     # sums); with VNNI all 8 bits.
-    return functools.partial(torch.ops.quantized.linear_dynamic, W_prepack=packed, reduce_range=not cpu_has_vnni())
+    reduce_range = not cpu_has_vnni()
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range=reduce_range)
+    return linear
 
 
 @torch.inference_mode()
