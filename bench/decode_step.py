@@ -26,12 +26,17 @@ from wharf.engine.runners import int8, linear, torch_llama  # noqa: E402
 from wharf.engine.runners.base import Fill  # noqa: E402
 
 
-def runner_for(quantize: str, dtype: str, cache: Path, slots: int):
-    weights = load_weights(embedded_model_path(), dtype=linear.weights_dtype(dtype, quantize), cache_root=cache,
-                           identity=EMBEDDED_IDENTITY)
+def weights_for(quantize: str, dtype: str, cache: Path):
+    return load_weights(embedded_model_path(), dtype=linear.weights_dtype(dtype, quantize), cache_root=cache,
+                        identity=EMBEDDED_IDENTITY)
+
+
+def runner_for(quantize: str, dtype: str, cache: Path, slots: int, weights=None, module=torch_llama):
+    """The runner `wharf serve` builds for `quantize` (int8 and int4 calibrated as registry.py
+    does), from `module` (another commit's torch_llama: step_ab.py)."""
+    weights = weights or weights_for(quantize, dtype, cache)
     ranges = None if quantize == "none" else int8.activation_ranges(weights.model, weights.tokenizer)
-    return torch_llama.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize,
-                                   act_ranges=ranges)
+    return module.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize, act_ranges=ranges)
 
 
 def time_steps(runner, batch: int, steps: int, context: int = 100) -> list[float]:
