@@ -574,7 +574,10 @@ def run_peer_mode(args, wharfs: list[peers.Server], folder: Path, tok, dtype: st
                     print(f"{c} concurrent, round {r + 1}/{args.rounds}: {s.name}, {n} requests ...", flush=True)
                     res = asyncio.run(run_load(s.url, s.key, batch[1:], args.max_tokens, c, args.rate, s.name,
                                                s.body, warmup=batch[0]))
-                    rounds[s.name].append(peer_metrics(res))
+                    # Memory at this load, after the round: every server keeps what its KV
+                    # cache grew to (Wharf's grows as needed, vLLM's is allocated at start).
+                    rounds[s.name].append({**peer_metrics(res),
+                                           "RSS MiB": peers.tree_rss_mib(s.proc.pid) if s.proc else None})
             med = {name: over_rounds(rs) for name, rs in rounds.items()}
             levels.append({"concurrency": c, "requests per round": n, "median over rounds": med,
                            "rounds": rounds,
@@ -591,7 +594,7 @@ def run_peer_mode(args, wharfs: list[peers.Server], folder: Path, tok, dtype: st
 
 
 PEER_COLUMNS = ("requests", "errors", "short", "retried", "out tok/s", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
-                "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "TPOT p50 ms")
+                "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "TPOT p50 ms", "RSS MiB")
 
 
 def peer_tables(levels: list[dict]) -> str:
@@ -600,7 +603,7 @@ def peer_tables(levels: list[dict]) -> str:
     rows, ratios = [], []
     for lv in levels:
         for name, m in lv["median over rounds"].items():
-            rows.append({"concurrent": lv["concurrency"], "server": name, **{k: m[k] for k in PEER_COLUMNS}})
+            rows.append({"concurrent": lv["concurrency"], "server": name, **{k: m.get(k) for k in PEER_COLUMNS}})
         r = {"concurrent": lv["concurrency"]}
         for key, by_peer in lv.items():
             if key.endswith(" / peer"):

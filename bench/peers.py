@@ -117,25 +117,38 @@ def machine() -> dict:
             "memory GiB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of a process and all its descendants, from /proc."""
+def _tree_sum(pid: int, of) -> float:
+    """`of(fields)` summed over a process and all its descendants, fields being the values of
+    /proc/PID/stat after the command name (fields[1]: the parent's pid)."""
     children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
+    values: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:
             continue
         p = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(p)      # fields[1]: ppid
-        times[p] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        children.setdefault(int(fields[1]), []).append(p)
+        values[p] = of(fields)
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
-        total += times.get(p, 0.0)
+        total += values.get(p, 0.0)
         todo += children.get(p, [])
     return total
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return _tree_sum(pid, lambda f: (int(f[11]) + int(f[12])) / tick)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (vLLM's engine core and API
+    server are two processes), MiB."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return round(_tree_sum(pid, lambda f: int(f[21]) * page) / 2**20)
 
 
 def idle_cpu_percent(servers: list[Server], seconds: float = 5.0) -> dict[str, float]:
