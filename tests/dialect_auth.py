@@ -30,6 +30,18 @@ def qianfan_token(where: str | httpx.Client, ak: str, sk: str) -> str:
     return r.json()["access_token"]
 
 
-def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256") -> str:
+def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256", **claims) -> str:
+    """A token as the sensenova SDK signs one: iss the access key id, HS256, 30 minutes."""
     now = int(time.time())
-    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in}, sk, algorithm=alg)
+    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in, **claims}, sk, algorithm=alg)
+
+
+class SensenovaAuth(httpx.Auth):
+    """httpx auth: a fresh SenseNova JWT on every request, as the SDK signs one per call."""
+
+    def __init__(self, ak: str, sk: str):
+        self.ak, self.sk = ak, sk
+
+    def auth_flow(self, request):
+        request.headers["Authorization"] = f"Bearer {sensenova_jwt(self.ak, self.sk)}"
+        yield request

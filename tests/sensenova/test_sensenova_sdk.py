@@ -4,12 +4,12 @@ against a real `wharf serve` on the embedded model."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
-import jwt
 import pytest
 import sensenova
+
+from tests.dialect_auth import SensenovaAuth, sensenova_jwt
 
 MODEL = "smollm2-135m-instruct"      # as in tests/conftest.py
 PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -34,19 +34,9 @@ def sdk(server, creds):
     sensenova.api_base, sensenova.access_key_id, sensenova.secret_access_key = saved
 
 
-def token(ak, sk, *, alg="HS256", exp_in=1800, nbf_in=-5, **claims) -> str:
-    now = int(time.time())
-    payload = {"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in, **claims}
-    return jwt.encode(payload, sk, algorithm=alg, headers={"alg": alg, "typ": "JWT"})
-
-
 @pytest.fixture(scope="module")
 def http(server, creds):
-    class FreshJWT(httpx.Auth):
-        def auth_flow(self, request):
-            request.headers["Authorization"] = f"Bearer {token(*creds)}"   # a fresh token per request
-            yield request
-    with httpx.Client(base_url=server.url, timeout=120, auth=FreshJWT()) as c:
+    with httpx.Client(base_url=server.url, timeout=120, auth=SensenovaAuth(*creds)) as c:
         yield c
 
 
@@ -163,45 +153,9 @@ def test_sdk_models_list_and_retrieve():
 
 # -- ranges ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field,value", [
-    ("prompt", None), ("prompt", ""), ("prompt", 3),
-    ("model", None), ("model", ""),
-    ("n", 0), ("n", 5), ("n", "2"),
-    ("max_new_tokens", 0), ("max_new_tokens", 2049), ("max_new_tokens", 1.5),
-    ("repetition_penalty", 0), ("repetition_penalty", -1), ("repetition_penalty", 2.01),
-    ("temperature", 0), ("temperature", 2.01), ("temperature", "hot"),
-    ("top_p", 0), ("top_p", 1), ("top_p", 1.2),
-    ("stream", "yes"), ("stop", 5),
-])
-def test_range_violation_is_400(http, field, value):
-    body = {"model": MODEL, "prompt": "Hi", "max_new_tokens": 2}
-    if value is None:
-        body.pop(field)
-    else:
-        body[field] = value
-    r = http.post("/v1/llm/completions", json=body)
-    assert r.status_code == 400, r.text
-    err = r.json()["error"]
-    assert err["code"] == 3 and err["details"] == [] and field in err["message"]
-
-
-@pytest.mark.parametrize("field,value", [("n", 4), ("max_new_tokens", 1), ("repetition_penalty", 2),
-                                         ("temperature", 2), ("top_p", 0.999)])
-def test_range_boundaries_accepted(http, field, value):
-    body = {"model": MODEL, "prompt": "Hi", "max_new_tokens": 2, field: value}
-    r = http.post("/v1/llm/completions", json=body)
-    assert r.status_code == 200, r.text
-
-
 def test_range_violation_through_sdk_raises_invalid_request():
     with pytest.raises(sensenova.InvalidRequestError):
         sensenova.Completion.create(model=MODEL, prompt="Hi", n=5, max_new_tokens=2)
-
-
-def test_prompt_plus_max_new_tokens_over_context_is_400(http):
-    r = http.post("/v1/llm/completions", json={"model": MODEL, "prompt": "x " * 1200, "max_new_tokens": 2000})
-    assert r.status_code == 400
-    assert "max_new_tokens" in r.json()["error"]["message"]
 
 
 def test_unknown_model_is_404():
@@ -210,40 +164,7 @@ def test_unknown_model_is_404():
     assert info.value.http_status == 404
 
 
-def test_bad_json_is_400_json(http):
-    r = http.post("/v1/llm/completions", content=b"{oops", headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == 3
-
-
 # -- JWT failures ---------------------------------------------------------------------------
-
-def _post_with(server, tok):
-    headers = {} if tok is None else {"Authorization": f"Bearer {tok}"}
-    return httpx.post(f"{server.url}/v1/llm/completions", headers=headers, timeout=60,
-                      json={"model": MODEL, "prompt": "Hi", "max_new_tokens": 2})
-
-
-@pytest.mark.parametrize("case", ["missing", "garbage", "bad_signature", "unknown_key", "expired",
-                                  "not_yet_valid", "alg_none", "no_exp", "hs512"])
-def test_jwt_failures_are_401(server, creds, case):
-    ak, sk = creds
-    tok = {
-        "missing": None,
-        "garbage": "not.a.jwt",
-        "bad_signature": token(ak, sk + "x"),
-        "unknown_key": token("AK-does-not-exist", sk),
-        "expired": token(ak, sk, exp_in=-3600, nbf_in=-7200),
-        "not_yet_valid": token(ak, sk, exp_in=7200, nbf_in=3600),
-        "alg_none": jwt.encode({"iss": ak, "exp": int(time.time()) + 600, "nbf": int(time.time()) - 5},
-                               None, algorithm="none"),
-        "no_exp": jwt.encode({"iss": ak, "nbf": int(time.time()) - 5}, sk, algorithm="HS256"),
-        "hs512": token(ak, sk, alg="HS512"),
-    }[case]
-    r = _post_with(server, tok)
-    assert r.status_code == 401, r.text
-    err = r.json()["error"]
-    assert err["code"] == 16 and err["details"] == []
-
 
 def test_sdk_wrong_secret_raises_authentication_error(creds):
     with pytest.raises(sensenova.AuthenticationError):
@@ -251,12 +172,9 @@ def test_sdk_wrong_secret_raises_authentication_error(creds):
                                     access_key_id=creds[0], secret_access_key="wrong")
 
 
-def test_models_list_requires_auth(server):
-    assert httpx.get(f"{server.url}/v1/llm/models").status_code == 401
-
-
-def test_api_key_is_not_a_sensenova_token(server, api_key):
-    assert _post_with(server, api_key).status_code == 401
+def _post_with(server, tok):
+    return httpx.post(f"{server.url}/v1/llm/completions", headers={"Authorization": f"Bearer {tok}"}, timeout=60,
+                      json={"model": MODEL, "prompt": "Hi", "max_new_tokens": 2})
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -268,14 +186,14 @@ def test_rate_limit_is_429_json(server):
     sensenova.Completion.create(model=MODEL, prompt="Hi", max_new_tokens=1, **kw)
     with pytest.raises(sensenova.RateLimitError):
         sensenova.Completion.create(model=MODEL, prompt="Hi", max_new_tokens=1, **kw)
-    r = _post_with(server, token(issued.public_id, issued.secret))
+    r = _post_with(server, sensenova_jwt(issued.public_id, issued.secret))
     assert r.status_code == 429 and r.json()["error"]["code"] == 8
 
 
 def test_usage_recorded_once(server):
     acct, _ = server.account("sensenova-usage")
     issued = server.platform.credentials.create(acct.id, "sensenova", label="u")
-    tok = lambda: token(issued.public_id, issued.secret)  # noqa: E731
+    tok = lambda: sensenova_jwt(issued.public_id, issued.secret)  # noqa: E731
     for body in ({"model": MODEL, "prompt": "Hi", "n": 9}, {"model": "nope", "prompt": "Hi"},
                  {"model": MODEL, "prompt": "Hi", "max_new_tokens": 2}):
         httpx.post(f"{server.url}/v1/llm/completions", json=body, timeout=60,
