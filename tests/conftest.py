@@ -32,6 +32,16 @@ def model_cache_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def inproc(model_cache_dir):
+    """The in-process app on the scripted engine (tests/inproc.py), one per test module:
+    for dialect and policy tests that need no model text."""
+    from tests.inproc import in_process_server  # it imports this module
+
+    with in_process_server(model_cache_dir, MODEL) as srv:
+        yield srv
+
+
 def account_with_key(platform, name: str, **limits):
     """A fresh account with an API key: returns (account, key)."""
     acct = platform.accounts.create(name, **limits)

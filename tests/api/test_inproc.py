@@ -9,13 +9,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.dialect_auth import sensenova_jwt
-from tests.inproc import REPLY, in_process_server
-
-
-@pytest.fixture(scope="module")
-def inproc(model_cache_dir):
-    with in_process_server(model_cache_dir, MODEL) as srv:
-        yield srv
+from tests.inproc import REPLY
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.dialect_auth import sensenova_jwt
-from tests.inproc import in_process_server
-
-
-@pytest.fixture(scope="module")
-def inproc(model_cache_dir):
-    with in_process_server(model_cache_dir, MODEL) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

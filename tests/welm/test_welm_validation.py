@@ -12,16 +12,9 @@ import uuid
 import pytest
 
 from tests.conftest import MODEL
-from tests.inproc import in_process_server
 from tests.welm.test_welm_api import PATH, PROMPT, post
 from wharf import errors as E
 from wharf.api.welm import welm_error
-
-
-@pytest.fixture(scope="module")
-def inproc(model_cache_dir):
-    with in_process_server(model_cache_dir, MODEL) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
