@@ -5,9 +5,11 @@ unreachable, 5 key refused)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
+import pydantic
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -253,3 +255,19 @@ def test_exit_codes(cli, tmp_path, remote):
     # Errors never reach stdout, so `--json | jq` sees nothing rather than half a document.
     r = cli("keys", "revoke", 999, "--json")
     assert r.stdout == "" and re.search(r"not found", r.output)
+
+
+def test_response_schema_is_the_dataclass_fields_and_defaults():
+    @dataclasses.dataclass(frozen=True)
+    class Row:
+        """A row."""
+        a: int
+        tags: list[str] = dataclasses.field(default_factory=list)
+        note: str | None = None
+
+    model = admin.response_schema(Row, "RowOut")
+    assert (model.__name__, model.__doc__) == ("RowOut", "A row.")
+    assert model.model_json_schema()["required"] == ["a"]
+    assert model.model_validate(Row(a=1)).model_dump() == {"a": 1, "tags": [], "note": None}
+    with pytest.raises(pydantic.ValidationError):
+        model.model_validate({"tags": ["x"]})

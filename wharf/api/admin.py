@@ -112,9 +112,15 @@ class _Out(BaseModel):
 def response_schema(info: type, name: str) -> type[BaseModel]:
     """The response schema of a platform dataclass: its fields, types and defaults, under the
     name the OpenAPI document and the CLI's --json use. One list of fields, the platform's."""
+    def default(f: dataclasses.Field):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        if f.default_factory is not dataclasses.MISSING:
+            return Field(default_factory=f.default_factory)
+        return ...                                      # required
+
     hints = typing.get_type_hints(info)
-    fields = {f.name: (hints[f.name], ... if f.default is dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(info)}
+    fields = {f.name: (hints[f.name], default(f)) for f in dataclasses.fields(info)}
     doc = info.__doc__ if not (info.__doc__ or "").startswith(info.__name__ + "(") else None
     return create_model(name, __base__=_Out, __doc__=doc, **fields)
 
