@@ -39,10 +39,15 @@ def runner_for(quantize: str, dtype: str, cache: Path, slots: int, weights=None,
     return module.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize, act_ranges=ranges)
 
 
-def time_steps(runner, batch: int, steps: int, context: int = 100) -> list[float]:
+def fill(runner, slots: int, context: int = 100) -> None:
+    """Slots 0..slots-1 each holding a prompt of `context` tokens, ready to decode."""
     prompt = list(range(1000, 1000 + context))
-    for slot in range(batch):
+    for slot in range(slots):
         runner.step([], [], [], [Fill(slot, prompt, 0)])
+
+
+def time_steps(runner, batch: int, steps: int, context: int = 100) -> list[float]:
+    fill(runner, batch, context)
     slots, times = list(range(batch)), []
     for i in range(steps):
         t0 = time.perf_counter()

@@ -9,9 +9,7 @@ kernel is faster at that batch; set INT4_MAX_ROWS to the last such b on a new CP
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,11 +17,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decode_step import runner_for  # noqa: E402  (bench/, beside this file)
+from decode_step import fill, runner_for  # noqa: E402  (bench/, beside this file)
 from peers import machine  # noqa: E402
+from step_ab import paired_steps  # noqa: E402
 
 from wharf.engine.runners import int4  # noqa: E402
-from wharf.engine.runners.base import Fill  # noqa: E402
 
 DENSE_PAST = 4          # the reference: the kernel up to 4 rows, dense bf16 past them
 KERNEL_ALWAYS = 10**6
@@ -37,21 +35,18 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# {machine()}")
     runner = runner_for("int4", "auto", args.cache, max(args.batch))
-    prompt = list(range(1000, 1100))
-    for slot in range(max(args.batch)):
-        runner.step([], [], [], [Fill(slot, prompt, 0)])
+    fill(runner, max(args.batch))
+
+    def step_with(limit: int):
+        def step(*decode):
+            int4.INT4_MAX_ROWS = limit
+            runner.step(*decode, [])
+        return step
+
     saved = int4.INT4_MAX_ROWS
     try:
         for batch in args.batch:
-            times: dict[int, list[float]] = {DENSE_PAST: [], KERNEL_ALWAYS: []}
-            slots = list(range(batch))
-            for i in range(args.steps):
-                for limit in ((DENSE_PAST, KERNEL_ALWAYS) if i % 2 == 0 else (KERNEL_ALWAYS, DENSE_PAST)):
-                    int4.INT4_MAX_ROWS = limit
-                    t0 = time.perf_counter()
-                    runner.step(slots, [42] * batch, [len(prompt) + i] * batch, [])
-                    times[limit].append((time.perf_counter() - t0) * 1000)
-            dense, kernel = (statistics.median(times[k][4:]) for k in (DENSE_PAST, KERNEL_ALWAYS))
+            dense, kernel = paired_steps(step_with(DENSE_PAST), step_with(KERNEL_ALWAYS), batch, args.steps)
             print(f"batch {batch}: dense past {DENSE_PAST} rows {dense:.2f} ms, 4-bit kernel {kernel:.2f} ms, "
                   f"kernel/dense {kernel / dense:.3f}", flush=True)
     finally:

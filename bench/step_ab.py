@@ -24,11 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from decode_step import runner_for, weights_for  # noqa: E402  (bench/, beside this file)
+from decode_step import fill, runner_for, weights_for  # noqa: E402  (bench/, beside this file)
 from peers import machine  # noqa: E402
 
 from wharf.engine.runners import torch_llama  # noqa: E402
-from wharf.engine.runners.base import Fill  # noqa: E402
 
 RUNNER = "wharf/engine/runners/torch_llama.py"
 
@@ -43,15 +42,14 @@ def runner_module_at(rev: str, folder: Path):
     return module
 
 
-def paired_steps(a, b, batch: int, steps: int, context: int = 100) -> tuple[float, float]:
-    """Median ms a step of each runner, their steps alternating (A first on even steps)."""
+def paired_steps(step_a, step_b, batch: int, steps: int, context: int = 100) -> tuple[float, float]:
+    """Median ms of `step_x(slots, tokens, positions)` for A and B, decode steps of `batch`
+    filled slots, the two alternating (A first on even steps)."""
     slots, times = list(range(batch)), ([], [])
     for i in range(steps):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for which in order:
-            runner = (a, b)[which]
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
             t0 = time.perf_counter()
-            runner.step(slots, [42] * batch, [context + i] * batch, [])
+            (step_a, step_b)[which](slots, [42] * batch, [context + i] * batch)
             times[which].append((time.perf_counter() - t0) * 1000)
     return statistics.median(times[0][4:]), statistics.median(times[1][4:])
 
@@ -72,12 +70,11 @@ def main() -> None:
         a = runner_for(args.quantize, args.dtype, args.cache, slots, weights=weights,
                        module=runner_module_at(args.against, Path(tmp)))
         b = runner_for(args.quantize, args.dtype, args.cache, slots, weights=weights, module=torch_llama)
-        prompt = list(range(1000, 1100))
         for runner in (a, b):
-            for slot in range(slots):
-                runner.step([], [], [], [Fill(slot, prompt, 0)])
+            fill(runner, slots)
         for batch in args.batch:
-            ms_a, ms_b = paired_steps(a, b, batch, args.steps)
+            ms_a, ms_b = paired_steps(lambda *step: a.step(*step, []), lambda *step: b.step(*step, []),
+                                      batch, args.steps)
             print(f"quantize={args.quantize} batch={batch}: A ({args.against}) {ms_a:.2f} ms, B (this checkout) "
                   f"{ms_b:.2f} ms, B/A {ms_b / ms_a:.3f}", flush=True)
 

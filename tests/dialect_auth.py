@@ -30,10 +30,10 @@ def qianfan_token(where: str | httpx.Client, ak: str, sk: str) -> str:
     return r.json()["access_token"]
 
 
-def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256", **claims) -> str:
+def sensenova_jwt(ak: str, sk: str, *, exp_in: int = 1800, nbf_in: int = -5, alg: str = "HS256") -> str:
     """A token as the sensenova SDK signs one: iss the access key id, HS256, 30 minutes."""
     now = int(time.time())
-    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in, **claims}, sk, algorithm=alg)
+    return jwt.encode({"iss": ak, "exp": now + exp_in, "nbf": now + nbf_in}, sk, algorithm=alg)
 
 
 class SensenovaAuth(httpx.Auth):
@@ -42,6 +42,9 @@ class SensenovaAuth(httpx.Auth):
     def __init__(self, ak: str, sk: str):
         self.ak, self.sk = ak, sk
 
+    def header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {sensenova_jwt(self.ak, self.sk)}"}
+
     def auth_flow(self, request):
-        request.headers["Authorization"] = f"Bearer {sensenova_jwt(self.ak, self.sk)}"
+        request.headers.update(self.header())
         yield request

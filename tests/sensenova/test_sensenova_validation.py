@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from tests.conftest import MODEL
-from tests.dialect_auth import sensenova_jwt
+from tests.dialect_auth import SensenovaAuth, sensenova_jwt
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,11 @@ def creds(inproc):
 
 @pytest.fixture(scope="module")
 def http(client, creds):
-    """The in-process client, each request signed with a fresh token (as the SDK signs one
-    per call; starlette's TestClient takes no httpx.Auth)."""
-    def post(path, **kw):
-        return client.post(path, headers={"Authorization": f"Bearer {sensenova_jwt(*creds)}", **kw.pop("headers", {})},
-                           **kw)
-    return types.SimpleNamespace(post=post)
+    """The in-process client, each request signed with a fresh token (starlette's TestClient
+    takes no httpx.Auth, so the header goes in by hand)."""
+    auth = SensenovaAuth(*creds)
+    return types.SimpleNamespace(post=lambda path, **kw: client.post(
+        path, headers={**auth.header(), **kw.pop("headers", {})}, **kw))
 
 
 # -- ranges ---------------------------------------------------------------------------------

@@ -71,16 +71,15 @@ class LlamaRunner:
         if quantize != "none" and act_ranges is None:
             raise ValueError(f"{quantize} quantization needs activation ranges (int8.activation_ranges)")
 
-        def smooth(name: str, weight: torch.Tensor) -> torch.Tensor:
-            return smoothing(act_ranges[name], weight) if int8 else torch.ones(weight.shape[1], dtype=weight.dtype)
+        def smooth(name: str, weight: torch.Tensor, on: bool = int8) -> torch.Tensor:
+            return smoothing(act_ranges[name], weight) if on else torch.ones(weight.shape[1], dtype=weight.dtype)
 
         # int4 multiplies by the vocabulary in 8 bits, as the GGUF stores it (Q8_0, not 4
         # bits): a quarter of bf16's 57 MB a token, 3.0 -> 0.7 ms at one row, faster at
         # 128 rows too, and as close to a float32 projection's argmax as bf16 (bench/README.md).
         lm_head = model.lm_head.weight.detach()
         vocab_quantize = "int8" if quantize == "int4" else quantize
-        s = (smoothing(act_ranges["lm_head"], lm_head) if vocab_quantize == "int8"
-             else torch.ones(lm_head.shape[1], dtype=lm_head.dtype))
+        s = smooth("lm_head", lm_head, on=vocab_quantize == "int8")
         self.norm = (inner.norm.weight.detach() / s).to(dtype)
         self.vocab_proj = make_linear(lm_head * s, quantize=vocab_quantize, dtype=dtype)
         self.layers = []
