@@ -33,10 +33,13 @@ def weights_for(quantize: str, dtype: str, cache: Path):
 
 def runner_for(quantize: str, dtype: str, cache: Path, slots: int, weights=None, module=torch_llama):
     """The runner `wharf serve` builds for `quantize` (int8 and int4 calibrated as registry.py
-    does), from `module` (another commit's torch_llama: step_ab.py)."""
+    does, tuned as its scheduler does), from `module` (another commit's torch_llama: step_ab.py)."""
     weights = weights or weights_for(quantize, dtype, cache)
     ranges = None if quantize == "none" else int8.activation_ranges(weights.model, weights.tokenizer)
-    return module.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize, act_ranges=ranges)
+    runner = module.LlamaRunner(weights.model, max_slots=slots, max_len=512, quantize=quantize, act_ranges=ranges)
+    if hasattr(runner, "tune"):
+        print(f"# {runner.tune()}", flush=True)
+    return runner
 
 
 def fill(runner, slots: int, context: int = 100) -> None:

@@ -4,12 +4,15 @@ batch. On the real embedded model in float32, beside runs of the same tokens one
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from tests.engine.conftest import make_engine
 from wharf.engine.runners.base import Fill
-from wharf.engine.runners.torch_llama import BATCHED_MATMUL_ATTENTION_FROM, LlamaRunner, kv_bytes_per_token
+from wharf.engine.runners.decode_attention import DEFAULT, MANY_FROM, Plan
+from wharf.engine.runners.torch_llama import LlamaRunner, kv_bytes_per_token
 
 PROMPTS = [[1, 504, 3458, 282, 4649, 314], [19556, 28, 638, 359, 346, 47, 5248, 1543, 11, 1097], [9690, 1717]]
 
@@ -40,8 +43,9 @@ def test_one_pass_equals_separate_passes(model):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
-    runner = LlamaRunner(model, max_slots=8, max_len=256)
+@pytest.mark.parametrize("kind", ["grouped", "gqa"])
+def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model, kind):
+    runner = LlamaRunner(model, max_slots=8, max_len=256, attention=Plan(few=(kind,)))
     for slot in (0, 1, 5, 6):
         runner.prefill(slot, PROMPTS[slot % 2], 0)
     contiguous = runner.decode([0, 1], [42, 43], [len(PROMPTS[0]), len(PROMPTS[1])])
@@ -49,16 +53,17 @@ def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model):
     torch.testing.assert_close(scattered, contiguous.flip(0), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["matmul", "grouped", "gqa"])
 @pytest.mark.parametrize("layout", ["contiguous", "gaps", "reversed", "scattered"])
-def test_a_wide_decode_attends_as_each_slot_alone(model, layout):
-    """From BATCHED_MATMUL_ATTENTION_FROM slots close together a decode step attends with
-    batched matmuls over the cache in place (else SDPA): the same logits as each slot
-    decoded alone, at different lengths, in contiguous slots, in a range with two slots
-    that do not decode (one holding another sequence), contiguous but listed in reverse,
-    and spread out (SDPA). The
-    prompts are long enough that the cache's 256 allocated positions are few to read."""
-    width = BATCHED_MATMUL_ATTENTION_FROM + 4
-    runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256)
+def test_a_wide_decode_attends_as_each_slot_alone(model, layout, kind):
+    """From MANY_FROM slots a decode step attends with the "many" ranking's first kind
+    that applies (decode_attention.py): the same logits as each slot decoded alone, at
+    different lengths, in contiguous slots, in a range with two slots that do not decode
+    (one holding another sequence), contiguous but listed in reverse, and spread out
+    (where "matmul" does not apply and SDPA takes over). The prompts are long enough that
+    the cache's 256 allocated positions are few to read."""
+    width = MANY_FROM + 4
+    runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256, attention=Plan(many=(kind, "grouped")))
     slots = {"contiguous": list(range(width)), "gaps": [s for s in range(width + 2) if s not in (3, 7)],
              "reversed": list(range(width))[::-1], "scattered": [2 * i + 1 for i in range(width)]}[layout]
     prompts = {slot: (PROMPTS[i % 3] * 40)[:150 + 3 * i] for i, slot in enumerate(slots)}
@@ -67,13 +72,41 @@ def test_a_wide_decode_attends_as_each_slot_alone(model, layout):
     if layout == "gaps":
         runner.prefill(7, PROMPTS[1], 0)               # in the range, not decoding
     tokens, positions = [40 + i for i in range(width)], [len(prompts[s]) for s in slots]
-    in_place = "_attend_in_place" in runner._decode_attention(slots, positions).__qualname__
-    assert in_place == (layout != "scattered")
+    picked = runner.attention.pick(slots, positions, runner.capacity)
+    assert picked == ("grouped" if kind == "matmul" and layout == "scattered" else kind)
     wide = runner.decode(slots, tokens, positions)
     alone = torch.stack([runner.decode([slot], [token], [position])[0]
                          for slot, token, position in zip(slots, tokens, positions)])
     torch.testing.assert_close(wide, alone, atol=1e-4, rtol=1e-4)
     assert (wide.argmax(-1) == alone.argmax(-1)).all()
+
+
+def test_a_plan_takes_matmul_only_for_many_slots_close_together_in_a_cache_not_much_longer():
+    plan = Plan(few=("gqa", "grouped"), many=("matmul", "gqa", "grouped"))
+    many, long = list(range(MANY_FROM)), [150] * MANY_FROM
+    assert plan.pick(many, long, capacity=256) == "matmul"
+    assert plan.pick(many[:-1], long[:-1], capacity=256) == "gqa"                # below MANY_FROM
+    assert plan.pick([2 * s for s in many], long, capacity=256) == "gqa"         # spread out
+    assert plan.pick(many, [100] * MANY_FROM, capacity=256) == "gqa"             # 256 > 7/4 of 101
+    assert DEFAULT.pick(many[:4], long[:4], capacity=256) == "grouped"
+
+
+def test_tune_ranks_every_kind_on_this_cpu_and_the_engine_tunes_its_runner(model, model_cache_dir):
+    runner = LlamaRunner(model, max_slots=8, max_len=256)
+    assert runner.attention is DEFAULT                       # until measured
+    said = runner.tune()
+    plan = runner.attention
+    assert sorted(plan.few) == ["gqa", "grouped"] and sorted(plan.many) == ["gqa", "grouped", "matmul"]
+    assert len(plan.times_ms) == 5 and all(ms > 0 for _, ms in plan.times_ms)
+    assert said.startswith("decode attention: ") and "matmul@64" in said
+    eng = make_engine(model_cache_dir, max_batch_size=8)
+    try:
+        deadline = time.monotonic() + 30
+        while eng.scheduler.runner.attention is DEFAULT and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.scheduler.runner.attention.times_ms         # measured on the model thread
+    finally:
+        eng.shutdown()
 
 
 def test_the_cache_grows_in_slots_and_positions_only_as_needed(model):

@@ -120,6 +120,7 @@ class Scheduler:
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         torch.set_num_threads(self.decode_threads)
+        self._tune()
         while True:
             with self.cond:
                 while not (self.stopping or self.waiting or self.active):
@@ -134,6 +135,17 @@ class Scheduler:
             except Exception as exc:  # a bug must not kill the engine for everyone
                 log.exception("engine step failed")
                 self._fail_all(Internal(f"engine failure: {type(exc).__name__}"))
+
+    def _tune(self) -> None:
+        """The runner's measurements of this CPU (runner.tune, optional), before the first
+        step and on this thread: its torch threads are the ones the steps run with."""
+        tune = getattr(self.runner, "tune", None)
+        if tune is None:
+            return
+        try:
+            log.info(tune())
+        except Exception:  # the runner keeps its defaults: slower, not wrong
+            log.exception("tuning the runner failed; it keeps its defaults")
 
     def _fail_all(self, error: WharfError) -> None:
         with self.cond:

@@ -36,6 +36,8 @@ class ModelRunner(Protocol):
     def release(self, slot: int) -> None:
         """The slot's sequence is gone."""
 
+    # Optional: tune() -> str, called once on the model thread before the first step, measures
+    # this CPU (decode_attention.measure) and says what it chose.
     # Optional (prefix caching, wharf/engine/prefix_cache.py): a runner that has
     # export_prefix(slot, start, end) -> (kv, bytes) and import_prefix(slot, blocks) -> length
     # gets repeated prompt prefixes prefilled once.

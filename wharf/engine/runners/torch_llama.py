@@ -4,10 +4,9 @@ gpt-fast style: the weights are taken from the loaded Hugging Face model (q/k/v 
 gate/up fused into one matmul each), and the KV cache is one tensor per layer indexed
 by slot. A step is one flat batch of tokens: the decode rows (one token per slot) and
 the fill chunks (prompt tokens) share every matmul; only attention differs by kind of
-row. Decode attention takes a KV head's query heads as its rows: one SDPA call for a few
-slots, two batched matmuls over the cache in place for many (_decode_attention); HF's
-dynamic cache spends most of a decode step in cache `cat`s and in SDPA for one query row
-(see bench/README.md).
+row. Decode attention is the kind this CPU runs fastest, measured at start
+(decode_attention.py); HF's dynamic cache spends most of a decode step in cache `cat`s
+and in SDPA for one query row (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -15,15 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wharf.engine.runners import decode_attention
 from wharf.engine.runners.base import Fill
 from wharf.engine.runners.int8 import smoothing
 from wharf.engine.runners.linear import check, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
-
-# Decode steps of at least this many sequences, close together in the cache, attend with
-# batched matmuls; fewer, or spread out, with SDPA (see _decode_attention).
-BATCHED_MATMUL_ATTENTION_FROM = 16
 
 
 def supports(model) -> bool:
@@ -45,11 +41,13 @@ class _Layer:
 
 class LlamaRunner:
     def __init__(self, model, *, max_slots: int, max_len: int, quantize: str = "none",
-                 act_ranges: dict[str, torch.Tensor] | None = None):
+                 act_ranges: dict[str, torch.Tensor] | None = None,
+                 attention: decode_attention.Plan = decode_attention.DEFAULT):
         """quantize="int8" multiplies with int8 weights (int8.py), smoothed with
         `act_ranges` (int8.activation_ranges of this model); "int4" with the 4-bit
         groups of int4.py (a model loaded in float32), computing in bf16 where it can,
-        and with the vocabulary projection in int8 (smoothed with `act_ranges` too)."""
+        and with the vocabulary projection in int8 (smoothed with `act_ranges` too).
+        `attention`: how decode steps attend until `tune` measures this CPU."""
         cfg = model.config
         self.quantize = quantize
         self.max_slots, self.max_len = max_slots, max_len
@@ -57,11 +55,11 @@ class LlamaRunner:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.group = self.n_heads // self.n_kv
         self.eps = cfg.rms_norm_eps
-        self.scale = self.head_dim ** -0.5
         self.dtype = dtype = compute_dtype(quantize, next(model.parameters()).dtype)
         self.inter = cfg.intermediate_size
+        self.attention = attention
+        self.geometry = decode_attention.Geometry(self.n_kv, self.n_heads // self.n_kv, self.head_dim, dtype)
 
         inner = model.model
         self.embed = inner.embed_tokens.weight.detach().to(dtype)
@@ -212,60 +210,17 @@ class LlamaRunner:
             row += f.logits
         return decode_logits, fill_logits
 
-    def _decode_attention(self, slots: list[int], positions: list[int]):
-        """Attention of one new token per slot over that slot's cache, as a function of
-        (q [b, H, D], layer caches). The query heads that share a KV head go in as that
-        head's query rows, so nothing repeats K/V.
+    def _decode_attention(self, slots: list[int], positions: list[int]) -> decode_attention.Attend:
+        """Attention of one new token per slot over that slot's cache, the kind this CPU
+        runs fastest for this many slots (decode_attention.py)."""
+        kind = self.attention.pick(slots, positions, self.capacity)
+        return decode_attention.build(kind, self.geometry, slots, positions, self.capacity)
 
-        A few slots, or slots spread over the cache: one SDPA call over the longest
-        sequence's positions (3x faster than matmul-softmax-matmul at a few, and than
-        SDPA's enable_gqa). Many slots close together: two batched matmuls straight over
-        the cache's allocated positions of the slots' range (gaps and positions past each
-        sequence masked), softmax in float32. SDPA's CPU kernel pays ~6 us per (slot, KV
-        head), 2.6-3.2 ms a layer at 128 slots of 190 positions against 1.8-2.1 ms here
-        (bf16, AMD EPYC, bench/README.md); a copy of a cache view costs more than both,
-        so the matmuls read it in place, past positions included, while those are few."""
-        b, span = len(slots), max(positions) + 1
-        lo, width = min(slots), max(slots) - min(slots) + 1
-        if (b >= BATCHED_MATMUL_ATTENTION_FROM and 4 * width <= 5 * b
-                and 4 * self.capacity <= 7 * span):
-            return self._attend_in_place(slots, positions, lo, width)
-        past = torch.arange(span).unsqueeze(0) > torch.tensor(positions).unsqueeze(1)
-        # Additive, in the model's dtype: SDPA would convert a boolean mask in every layer.
-        mask = torch.zeros(past.shape, dtype=self.dtype).masked_fill_(past, float("-inf"))[:, None, None, :]
-        # Slots in use are kept contiguous by the scheduler when it can, so the cache read
-        # below is a view; otherwise index_select copies.
-        rows = slice(lo, lo + b) if slots == list(range(lo, lo + b)) else torch.tensor(slots)
-
-        def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-            qg = q.reshape(b, self.n_kv, self.group, self.head_dim)
-            out = F.scaled_dot_product_attention(qg, k_cache[rows, :, :span], v_cache[rows, :, :span],
-                                                 attn_mask=mask)
-            return out.reshape(b, -1)
-        return attend
-
-    def _attend_in_place(self, slots: list[int], positions: list[int], lo: int, width: int):
-        """_decode_attention's batched matmuls over cache slots lo..lo+width-1; a slot of
-        the range that is not decoding gets a zero query at position 0, its row dropped;
-        the rows come back in the order of `slots`."""
-        n_kv, group, dim, cap = self.n_kv, self.group, self.head_dim, self.capacity
-        in_cache_order = slots == list(range(lo, lo + width))
-        where = torch.tensor(slots) - lo
-        pos = torch.zeros(width, dtype=torch.long).index_copy_(0, where, torch.tensor(positions))
-        mask = torch.zeros(width, 1, 1, cap).masked_fill_(torch.arange(cap) > pos[:, None, None, None],
-                                                          float("-inf"))
-
-        def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-            if not in_cache_order:
-                q = q.new_zeros(width, *q.shape[1:]).index_copy_(0, where, q)
-            keys = k_cache[lo:lo + width].view(width * n_kv, cap, dim)
-            values = v_cache[lo:lo + width].view(width * n_kv, cap, dim)
-            scores = torch.bmm(q.reshape(width * n_kv, group, dim), keys.transpose(1, 2))
-            scores = torch.add(mask, scores.view(width, n_kv, group, cap).float(), alpha=self.scale)
-            probs = torch.softmax(scores, dim=-1).to(q.dtype).view(width * n_kv, group, cap)
-            out = torch.bmm(probs, values).view(width, -1)
-            return out if in_cache_order else out[where]
-        return attend
+    def tune(self) -> str:
+        """Measure the decode attention kinds on this CPU; on the model thread, before the
+        first step (its torch threads are the ones the steps use). Returns what it chose."""
+        self.attention = decode_attention.measure(self.geometry, torch.get_num_threads())
+        return self.attention.describe()
 
     def prefill(self, slot: int, token_ids: list[int], start: int) -> torch.Tensor:
         """Logits [V] of the last of `token_ids`, run at positions start.. of `slot`."""
