@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 from decode_step import fill, runner_for, weights_for  # noqa: E402  (bench/, beside this file)
 from peers import machine  # noqa: E402
 
+
 from wharf.engine.runners import torch_llama  # noqa: E402
+from wharf.engine.runners.base import Fill  # noqa: E402
 
 RUNNER = "wharf/engine/runners/torch_llama.py"
 
@@ -61,22 +63,28 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8, 64])
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--fills", type=int, default=0,
+                    help="100-token prompts filled from position 0 in every step beside the decodes (arrivals)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "wharf-test-models")
     args = ap.parse_args()
     print(f"# {machine()}")
     slots = max(args.batch)
+    arrivals = [list(range(3000 + 100 * j, 3100 + 100 * j)) for j in range(args.fills)]
     weights = weights_for(args.quantize, args.dtype, args.cache)
     with tempfile.TemporaryDirectory() as tmp:
-        a = runner_for(args.quantize, args.dtype, args.cache, slots, weights=weights,
+        a = runner_for(args.quantize, args.dtype, args.cache, slots + args.fills, weights=weights,
                        module=runner_module_at(args.against, Path(tmp)))
-        b = runner_for(args.quantize, args.dtype, args.cache, slots, weights=weights, module=torch_llama)
+        b = runner_for(args.quantize, args.dtype, args.cache, slots + args.fills, weights=weights,
+                       module=torch_llama)
         for runner in (a, b):
             fill(runner, slots)
+        fills = [Fill(slots + j, prompt, 0) for j, prompt in enumerate(arrivals)]
         for batch in args.batch:
-            ms_a, ms_b = paired_steps(lambda *step: a.step(*step, []), lambda *step: b.step(*step, []),
+            ms_a, ms_b = paired_steps(lambda *step: a.step(*step, fills), lambda *step: b.step(*step, fills),
                                       batch, args.steps)
-            print(f"quantize={args.quantize} batch={batch}: A ({args.against}) {ms_a:.2f} ms, B (this checkout) "
-                  f"{ms_b:.2f} ms, B/A {ms_b / ms_a:.3f}", flush=True)
+            with_fills = f" + {args.fills} fills of 100" if args.fills else ""
+            print(f"quantize={args.quantize} batch={batch}{with_fills}: A ({args.against}) {ms_a:.2f} ms, "
+                  f"B (this checkout) {ms_b:.2f} ms, B/A {ms_b / ms_a:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from wharf.engine.runners import decode_attention
 from wharf.engine.runners.base import Fill
 from wharf.engine.runners.int8 import smoothing
-from wharf.engine.runners.linear import check, compute_dtype, make_linear
+from wharf.engine.runners.linear import check, compute_dtype, make_gated_mlp, make_linear, make_linear_plus
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -36,7 +36,7 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 class _Layer:
-    __slots__ = ("ln1", "ln2", "qkv", "wo", "gate_up", "down")
+    __slots__ = ("ln1", "ln2", "qkv", "wo_plus", "mlp_plus")
 
 
 class LlamaRunner:
@@ -90,7 +90,7 @@ class LlamaRunner:
             s = smooth(prefix + "self_attn.q_proj", wqkv)
             layer.ln1 = (block.input_layernorm.weight.detach() / s).to(dtype)
             layer.qkv = make_linear((wqkv * s).contiguous(), bqkv, quantize, dtype)
-            layer.wo = make_linear(attn.o_proj.weight.detach(), quantize=quantize, dtype=dtype)
+            layer.wo_plus = make_linear_plus(attn.o_proj.weight.detach(), quantize=quantize, dtype=dtype)
             w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
             s = smooth(prefix + "mlp.gate_proj", w_gate_up)
             layer.ln2 = (block.post_attention_layernorm.weight.detach() / s).to(dtype)
@@ -99,8 +99,8 @@ class LlamaRunner:
             w_down = mlp.down_proj.weight.detach()
             s = smooth(prefix + "mlp.down_proj", w_down)
             w_gate_up[self.inter:] /= s[:, None]
-            layer.gate_up = make_linear(w_gate_up.contiguous(), quantize=quantize, dtype=dtype)
-            layer.down = make_linear((w_down * s).contiguous(), quantize=quantize, dtype=dtype)
+            layer.mlp_plus = make_gated_mlp(w_gate_up[:self.inter], w_gate_up[self.inter:], (w_down * s).contiguous(),
+                                            quantize=quantize, dtype=dtype)
             self.layers.append(layer)
 
         # Rotary tables for every position, computed as HF does (float32, then scaled).
@@ -151,9 +151,7 @@ class LlamaRunner:
         return torch.mul(x, cos).add_(x.roll(x.shape[-1] // 2, -1).mul_(signed_sin))
 
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        h = self._rms(x, layer.ln2)
-        gate, up = layer.gate_up(h).split(self.inter, dim=-1)
-        return x + layer.down(F.silu(gate) * up)
+        return layer.mlp_plus(self._rms(x, layer.ln2), x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] float32 logits."""
@@ -199,7 +197,7 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, is_causal=mask is None,
                                                    enable_gqa=True)
                 parts.append(o[0].transpose(0, 1).reshape(n, -1))
-            x = x + layer.wo(parts[0] if len(parts) == 1 else torch.cat(parts))
+            x = layer.wo_plus(parts[0] if len(parts) == 1 else torch.cat(parts), x)
             x = self._mlp(layer, x)
         wanted = list(range(b)) + [off + n - 1 for (off, n, _, _), f in zip(chunks, fills) if f.logits]
         logits = self._logits(x[wanted]) if wanted else None
