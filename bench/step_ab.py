@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from decode_step import fill, runner_for, weights_for  # noqa: E402  (bench/, beside this file)
 from peers import machine  # noqa: E402
 
-
 from wharf.engine.runners import torch_llama  # noqa: E402
 from wharf.engine.runners.base import Fill  # noqa: E402
 
