@@ -54,18 +54,20 @@ def test_decode_rows_in_scattered_slots_equal_contiguous_ones(model, kind):
 
 
 @pytest.mark.parametrize("kind", ["matmul", "grouped", "gqa"])
-@pytest.mark.parametrize("layout", ["contiguous", "gaps", "reversed", "scattered"])
+@pytest.mark.parametrize("layout", ["contiguous", "gaps", "reversed", "scattered", "sparse"])
 def test_a_wide_decode_attends_as_each_slot_alone(model, layout, kind):
     """From MANY_FROM slots a decode step attends with the "many" ranking's first kind
     that applies (decode_attention.py): the same logits as each slot decoded alone, at
     different lengths, in contiguous slots, in a range with two slots that do not decode
     (one holding another sequence), contiguous but listed in reverse, and spread out
-    (where "matmul" does not apply and SDPA takes over). The prompts are long enough that
-    the cache's 256 allocated positions are few to read."""
+    (where "matmul" does not apply and SDPA takes over; SDPA reads the range of slots up to
+    twice as wide as their number, "sparse" ones by gathering their caches). The prompts
+    are long enough that the cache's 256 allocated positions are few to read."""
     width = MANY_FROM + 4
-    runner = LlamaRunner(model, max_slots=2 * width + 1, max_len=256, attention=Plan(many=(kind, "grouped")))
+    runner = LlamaRunner(model, max_slots=3 * width + 1, max_len=256, attention=Plan(many=(kind, "grouped")))
     slots = {"contiguous": list(range(width)), "gaps": [s for s in range(width + 2) if s not in (3, 7)],
-             "reversed": list(range(width))[::-1], "scattered": [2 * i + 1 for i in range(width)]}[layout]
+             "reversed": list(range(width))[::-1], "scattered": [2 * i + 1 for i in range(width)],
+             "sparse": [3 * i + 1 for i in range(width)]}[layout]
     prompts = {slot: (PROMPTS[i % 3] * 40)[:150 + 3 * i] for i, slot in enumerate(slots)}
     for slot, prompt in prompts.items():
         runner.prefill(slot, prompt, 0)
@@ -73,7 +75,7 @@ def test_a_wide_decode_attends_as_each_slot_alone(model, layout, kind):
         runner.prefill(7, PROMPTS[1], 0)               # in the range, not decoding
     tokens, positions = [40 + i for i in range(width)], [len(prompts[s]) for s in slots]
     picked = runner.attention.pick(slots, positions, runner.capacity)
-    assert picked == ("grouped" if kind == "matmul" and layout == "scattered" else kind)
+    assert picked == ("grouped" if kind == "matmul" and layout in ("scattered", "sparse") else kind)
     wide = runner.decode(slots, tokens, positions)
     alone = torch.stack([runner.decode([slot], [token], [position])[0]
                          for slot, token, position in zip(slots, tokens, positions)])
