@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         return self.max_batch_size or EMBEDDED_MAX_BATCH
     max_model_len: int = 2048                # tokens per sequence (prompt + output)
     max_queue: int = 256                     # waiting requests before "overloaded"
-    prefill_chunk: int = 256                 # prompt tokens per scheduler step
+    prefill_chunk: int = 512                 # prompt tokens per scheduler step (bench/README.md, 2026-12-03)
     prefix_cache_mb: int = 256               # KV of repeated prompt prefixes (0: off)
     # What the embedded engine's KV cache may grow to: it bounds the batch to the sequences
     # of max_model_len tokens that fit (6144 MiB: 136 of 2048 tokens for SmolLM2 in bf16, 68 in float32).
