@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from wharf.engine.runners import int4, int8
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
-# (x, residual) -> residual + f(x): a matmul (or an MLP) with the residual add fused in
-PlusResidual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @functools.cache
@@ -61,19 +59,12 @@ def compute_dtype(quantize: str, loaded: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if torch.bfloat16 in _onednn_dtypes() else torch.float32
 
 
-def _onednn_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """The weight in oneDNN's blocked layout, or None where oneDNN does not take its dtype."""
-    if weight.dtype not in _onednn_dtypes():
-        return None
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-
-
 def _dense(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
     weight = weight.detach()
     bias = None if bias is None else bias.detach().to(weight.dtype)
-    packed = _onednn_weight(weight)
-    if packed is None:
+    if weight.dtype not in _onednn_dtypes():
         return functools.partial(F.linear, weight=weight, bias=bias)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous())
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
@@ -91,41 +82,3 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, quantize
     if quantize == "int4":
         return int4.int4_linear(weight, bias, dtype or weight.dtype, _dense)
     return _dense(weight if dtype is None else weight.to(dtype), bias)   # _dense casts the bias
-
-
-def make_linear_plus(weight: torch.Tensor, quantize: str = "none", dtype: torch.dtype | None = None) -> PlusResidual:
-    """(x, residual) -> residual + x @ weight.T: on oneDNN's float path the add is a
-    post-op of the matmul (no second pass over the rows), else make_linear's then an add."""
-    packed = _onednn_weight(weight.to(dtype or weight.dtype)) if check(quantize) == "none" else None
-    if packed is None:
-        linear = make_linear(weight, quantize=quantize, dtype=dtype)
-        return lambda x, residual: residual + linear(x)
-    return lambda x, residual: torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, None, "add")
-
-
-def make_gated_mlp(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, quantize: str = "none",
-                   dtype: torch.dtype | None = None) -> PlusResidual:
-    """(h, residual) -> residual + down(silu(h @ gate.T) * (h @ up.T)), Llama's MLP. On
-    oneDNN's float path three matmuls with fused post-ops (silu; times the gate; plus the
-    residual): 0.55 -> 0.43 ms a layer at 128 rows, 1.61 -> 1.35 at 428 (bf16, AMX Xeon,
-    bench/README.md). Otherwise gate and up in one matmul (one pass over the activations
-    for the int8 and int4 kernels), then silu, the product and down's matmul."""
-    dtype = dtype or gate.dtype
-    packed = ([_onednn_weight(w.to(dtype)) for w in (gate, up, down)] if check(quantize) == "none"
-              else [None])
-    if all(p is not None for p in packed):
-        p_gate, p_up, p_down = packed
-        mm = torch.ops.mkldnn._linear_pointwise
-
-        def fused(h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-            g = mm(h, p_gate, None, "swish", [], "")
-            return mm.binary(mm.binary(h, g, p_up, None, "mul"), residual, p_down, None, "add")
-        return fused
-    inter = gate.shape[0]
-    gate_up = make_linear(torch.cat([gate, up]).contiguous(), quantize=quantize, dtype=dtype)
-    down_proj = make_linear(down, quantize=quantize, dtype=dtype)
-
-    def mlp(h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        g, u = gate_up(h).split(inter, dim=-1)
-        return residual + down_proj(F.silu(g) * u)
-    return mlp

@@ -17,21 +17,9 @@ import torch.nn.functional as F
 from wharf.engine.runners import decode_attention
 from wharf.engine.runners.base import Fill
 from wharf.engine.runners.int8 import smoothing
-from wharf.engine.runners.linear import check, compute_dtype, make_gated_mlp, make_linear, make_linear_plus
+from wharf.engine.runners.linear import check, compute_dtype, make_linear
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
-
-
-# Steps run their matmuls on row counts rounded up to a multiple of this (from this many
-# rows; fewer run as they are). oneDNN builds (JITs) a kernel for each new row count of
-# each matmul shape, 0.4-6 ms each, and keeps 1,024: with fills of varying length beside
-# the decodes nearly every step had a new count (32 decodes + 60-140 fill tokens: 76 ms a
-# step against 67 with a constant 100; bucketed, 68; bench/README.md).
-ROW_BUCKET = 16
-
-
-def bucketed_rows(rows: int) -> int:
-    return rows if rows <= ROW_BUCKET else -(-rows // ROW_BUCKET) * ROW_BUCKET
 
 
 def supports(model) -> bool:
@@ -48,7 +36,7 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 class _Layer:
-    __slots__ = ("ln1", "ln2", "qkv", "wo_plus", "mlp_plus")
+    __slots__ = ("ln1", "ln2", "qkv", "wo", "gate_up", "down")
 
 
 class LlamaRunner:
@@ -102,7 +90,7 @@ class LlamaRunner:
             s = smooth(prefix + "self_attn.q_proj", wqkv)
             layer.ln1 = (block.input_layernorm.weight.detach() / s).to(dtype)
             layer.qkv = make_linear((wqkv * s).contiguous(), bqkv, quantize, dtype)
-            layer.wo_plus = make_linear_plus(attn.o_proj.weight.detach(), quantize=quantize, dtype=dtype)
+            layer.wo = make_linear(attn.o_proj.weight.detach(), quantize=quantize, dtype=dtype)
             w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
             s = smooth(prefix + "mlp.gate_proj", w_gate_up)
             layer.ln2 = (block.post_attention_layernorm.weight.detach() / s).to(dtype)
@@ -111,8 +99,8 @@ class LlamaRunner:
             w_down = mlp.down_proj.weight.detach()
             s = smooth(prefix + "mlp.down_proj", w_down)
             w_gate_up[self.inter:] /= s[:, None]
-            layer.mlp_plus = make_gated_mlp(w_gate_up[:self.inter], w_gate_up[self.inter:], (w_down * s).contiguous(),
-                                            quantize=quantize, dtype=dtype)
+            layer.gate_up = make_linear(w_gate_up.contiguous(), quantize=quantize, dtype=dtype)
+            layer.down = make_linear((w_down * s).contiguous(), quantize=quantize, dtype=dtype)
             self.layers.append(layer)
 
         # Rotary tables for every position, computed as HF does (float32, then scaled).
@@ -163,7 +151,9 @@ class LlamaRunner:
         return torch.mul(x, cos).add_(x.roll(x.shape[-1] // 2, -1).mul_(signed_sin))
 
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-        return layer.mlp_plus(self._rms(x, layer.ln2), x)
+        h = self._rms(x, layer.ln2)
+        gate, up = layer.gate_up(h).split(self.inter, dim=-1)
+        return x + layer.down(F.silu(gate) * up)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> [rows, vocab] float32 logits."""
@@ -175,10 +165,8 @@ class LlamaRunner:
              fills: list[Fill]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
         """Decode rows and fill chunks as one flat batch of tokens: every matmul reads the
         weights once for all of them (a fill beside the decodes costs its FLOPs, not a
-        second pass over the weights), and only attention is per kind of row. The batch
-        is padded to bucketed_rows (pad rows: token 0 at position 0, attending to nothing,
-        written nowhere, returned never)."""
-        b, h_q, h_kv = len(slots), self.n_heads, self.n_kv
+        second pass over the weights), and only attention is per kind of row."""
+        b = len(slots)
         ids, pos, owner = list(token_ids), list(positions), list(slots)
         chunks = []                                     # (row offset, length, slot, start)
         for f in fills:
@@ -187,25 +175,22 @@ class LlamaRunner:
             pos += range(f.start, f.start + len(f.token_ids))
             owner += [f.slot] * len(f.token_ids)
         self._ensure_capacity(max(pos) + 1, max(owner) + 1)
-        rows = len(ids)
-        pad = bucketed_rows(rows) - rows
         pos_t, owner_t = torch.tensor(pos, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
-        x = F.embedding(torch.tensor(ids + [0] * pad, dtype=torch.long), self.embed)      # [rows + pad, hidden]
-        rotary_at = torch.tensor(pos + [0] * pad, dtype=torch.long)
-        cos, sin = self.cos[rotary_at][:, None], self.signed_sin[rotary_at][:, None]     # [rows + pad, 1, D]
-        pad_out = [x.new_zeros(pad, h_q * self.head_dim)] if pad else []
+        x = F.embedding(torch.tensor(ids, dtype=torch.long), self.embed)     # [T, hidden]
+        cos, sin = self.cos[pos_t][:, None], self.signed_sin[pos_t][:, None]  # [T, 1, D]
         decode_attn = self._decode_attention(slots, positions) if b else None
         fill_masks = [None if start == 0 else
                       torch.arange(start + n).unsqueeze(0) <= torch.arange(start, start + n).unsqueeze(1)
                       for _, n, _, start in chunks]
+        h_q, h_kv = self.n_heads, self.n_kv
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(self._rms(x, layer.ln1))
             qk = self._rotate(qkv[:, :(h_q + h_kv) * self.head_dim].view(-1, h_q + h_kv, self.head_dim), cos, sin)
             q, k = qk[:, :h_q], qk[:, h_q:]
             v = qkv[:, (h_q + h_kv) * self.head_dim:].view(-1, h_kv, self.head_dim)
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
-            k_cache[owner_t, :, pos_t] = k[:rows]
-            v_cache[owner_t, :, pos_t] = v[:rows]
+            k_cache[owner_t, :, pos_t] = k
+            v_cache[owner_t, :, pos_t] = v
             parts = [decode_attn(q[:b], k_cache, v_cache)] if b else []
             for (off, n, slot, start), mask in zip(chunks, fill_masks):
                 qf = q[off:off + n].transpose(0, 1).unsqueeze(0)                # [1, H, n, D]
@@ -214,14 +199,10 @@ class LlamaRunner:
                 o = F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, is_causal=mask is None,
                                                    enable_gqa=True)
                 parts.append(o[0].transpose(0, 1).reshape(n, -1))
-            parts += pad_out
-            x = layer.wo_plus(parts[0] if len(parts) == 1 else torch.cat(parts), x)
+            x = x + layer.wo(parts[0] if len(parts) == 1 else torch.cat(parts))
             x = self._mlp(layer, x)
         wanted = list(range(b)) + [off + n - 1 for (off, n, _, _), f in zip(chunks, fills) if f.logits]
-        logits = None
-        if wanted:
-            # The vocabulary's matmul gets bucketed rows too (repeats of the last one).
-            logits = self._logits(x[wanted + wanted[-1:] * (bucketed_rows(len(wanted)) - len(wanted))])
+        logits = self._logits(x[wanted]) if wanted else None
         decode_logits = logits[:b] if b else None
         fill_logits, row = [], b
         for f in fills:
