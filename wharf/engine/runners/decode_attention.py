@@ -145,7 +145,11 @@ def measure(geo: Geometry, threads: int, layers: int = 8, rounds: int = 5) -> Pl
     geometry and thread count in a process."""
     del threads                                   # part of the cache key only
     times: dict[tuple[str, str], float] = {}
-    for regime, slots, kinds in (("few", 4, ("grouped", "gqa")), ("many", 64, ("grouped", "gqa", "matmul"))):
+    # Below MANY_FROM slots "grouped" stays: the kinds round bf16 differently, and a ranking
+    # measured per process would give a single stream other greedy tokens from one start to
+    # the next (tests/scale/test_upstream.py's usage test saw an early EOS); the two were
+    # within 10 % at 4 slots on the AMX Xeon anyway.
+    for regime, slots, kinds in (("few", 4, ("grouped",)), ("many", 64, ("grouped", "gqa", "matmul"))):
         capacity, span = 256, 192
         shape = (layers, slots, geo.kv_heads, capacity, geo.dim)
         k_cache, v_cache = torch.randn(shape, dtype=geo.dtype), torch.randn(shape, dtype=geo.dtype)
