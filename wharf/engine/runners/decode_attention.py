@@ -12,7 +12,7 @@ On 2-core Zen 4/5 EPYCs "grouped" was 3x faster than "gqa" at a few slots and "m
 beat SDPA by 30 % at 128; on an AMX Xeon "gqa" is the fastest at every count (25 % ahead
 of "grouped" at 128 slots) and "matmul" 1.6-4x slower than both. So the runner measures
 them once, on the model thread, on a cache of its own shape (`measure`), and keeps a
-ranking for few and for many slots (`Plan`).
+ranking for many slots (`Plan`); below MANY_FROM slots "grouped" stays (see measure).
 """
 
 from __future__ import annotations
