@@ -62,7 +62,7 @@ def _filter_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[floa
     vocab = logits.shape[-1]
     ks = [k if 0 < k < vocab else vocab for k in top_k]
     kmax = max(ks)
-    if kmax == vocab and all(p >= 1.0 for p in top_p):
+    if min(ks) == vocab and all(p >= 1.0 for p in top_p):
         return logits, None     # nothing to cut: no sort of the vocabulary (~3 ms a row)
     mass = None                 # top-p's probabilities of the candidates, if not softmax(values)
     if kmax < vocab:
@@ -122,7 +122,9 @@ def sample(logits: torch.Tensor, rows: list[SamplerRow]) -> SampleResult:
     if greedy:
         # All rows greedy (the common batch): no copy of the [B, V] logits to index them.
         rows_logits = logits if len(greedy) == b else logits[torch.tensor(greedy)]
-        for i, t in zip(greedy, rows_logits.argmax(dim=-1).tolist()):
+        # max(dim) gives argmax's index (the first of equal maxima) 3-5x faster on CPU:
+        # 1.7 against 8.3 ms for 128 rows of 49,152 tokens (bench/README.md).
+        for i, t in zip(greedy, rows_logits.max(dim=-1).indices.tolist()):
             tokens[i] = t
     if sampled:
         idx = torch.tensor(sampled)

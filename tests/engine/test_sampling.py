@@ -1,0 +1,42 @@
+"""The batched sampler's greedy rows: the argmax of each row, the first of equal maxima,
+alone or beside sampled rows."""
+
+from __future__ import annotations
+
+import torch
+
+from wharf.engine.sampling import SamplerRow, make_generator, sample
+from wharf.engine.types import SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+
+
+def test_greedy_rows_are_each_rows_argmax():
+    logits = torch.randn(37, 49152)
+    assert sample(logits, [SamplerRow(GREEDY, None)] * 37).tokens == logits.argmax(dim=-1).tolist()
+
+
+def test_a_tie_goes_to_the_first_token():
+    logits = torch.full((3, 1000), -1.0)
+    logits[:, [7, 300, 999]] = 2.5
+    logits[2, 0] = 2.5
+    assert sample(logits, [SamplerRow(GREEDY, None)] * 3).tokens == [7, 7, 0]
+
+
+def test_greedy_beside_sampled_rows():
+    logits = torch.randn(4, 5000)
+    rows = [SamplerRow(GREEDY, None), SamplerRow(SamplingParams(temperature=1.0), make_generator(3)),
+            SamplerRow(GREEDY, None), SamplerRow(SamplingParams(temperature=0.7, top_k=5), make_generator(4))]
+    tokens = sample(logits, rows).tokens
+    assert [tokens[0], tokens[2]] == logits[[0, 2]].argmax(dim=-1).tolist()
+    assert tokens[3] in torch.topk(logits[3], 5).indices.tolist()
+
+
+def test_top_k_holds_beside_a_row_without_it():
+    """A row's top-k is kept when another row of the batch samples the whole vocabulary."""
+    logits = torch.randn(2, 5000)
+    rows = [SamplerRow(SamplingParams(temperature=1.0), make_generator(1)), None]
+    top5 = set(torch.topk(logits[1], 5).indices.tolist())
+    for seed in range(20):
+        rows[1] = SamplerRow(SamplingParams(temperature=1.0, top_k=5), make_generator(seed))
+        assert sample(logits, rows).tokens[1] in top5
