@@ -40,3 +40,14 @@ def test_top_k_holds_beside_a_row_without_it():
     for seed in range(20):
         rows[1] = SamplerRow(SamplingParams(temperature=1.0, top_k=5), make_generator(seed))
         assert sample(logits, rows).tokens[1] in top5
+
+
+def test_nan_and_infinite_rows_give_what_argmax_gives():
+    """max(dim) stands in for argmax: the same index on rows with NaN and infinities too."""
+    logits = torch.randn(6, 3000)
+    logits[0, [10, 2000]] = float("nan")
+    logits[1] = float("nan")
+    logits[2] = float("-inf")
+    logits[3, [5, 9]] = float("inf")
+    logits[4, 100], logits[4, 50] = float("inf"), float("nan")
+    assert sample(logits, [SamplerRow(GREEDY, None)] * 6).tokens == logits.argmax(dim=-1).tolist()
