@@ -47,9 +47,6 @@ class Settings(BaseSettings):
     quantize: str = "none"
     threads: int | None = None               # torch threads for decode steps (None: all cores)
     prefill_threads: int | None = None       # torch threads while prefilling a prompt (None: all cores)
-    # How much lower the HTTP side's CPU priority is than the model threads' (nice; 0: the same);
-    # `wharf serve` with the embedded engine, Linux (serve.py, bench/README.md 2026-12-03 evening).
-    server_nice: int = Field(10, ge=0, le=19)
 
     # Engine capacity.
     # Sequences decoded together. None: the backend's own default (EMBEDDED_MAX_BATCH for

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -111,21 +109,6 @@ def load_upstream(settings: Settings):
     return registry
 
 
-def lower_this_threads_priority(nice: int) -> None:
-    """The calling (HTTP) thread, and the threads it starts from now on, run `nice` steps
-    below the model threads, which exist by now. A model thread's OpenMP team goes at the
-    pace of its slowest thread, so on two cores any other work that preempts one of them
-    stalls the whole step; at a lower priority the event loop, SSE and platform writes take
-    the CPU in the gaps of the team's work instead (a decode step of 64 at 130 positions,
-    AMX Xeon: 82 ms alone, 96 ms beside 20 % of a core of other work at the same priority,
-    86 ms with that work at nice 10; bench/README.md). Linux's nice is per thread."""
-    if nice and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-        except OSError as exc:
-            console.log(f"could not lower the HTTP thread's priority: {exc}")
-
-
 def _upstream_models(values: list[str] | None) -> dict[str, str]:
     """--model NAME (expose upstream model NAME) or NAME=UPSTREAM_ID (under another name)."""
     out = {}
@@ -218,8 +201,6 @@ def register(app: typer.Typer) -> None:
         # them; at the default 5 ms switch interval the HTTP thread could keep it that long
         # while the model thread's OpenMP team sat idle (1 stream, 2 cores: TPOT 26 -> 21 ms).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        if settings.backend == "torch":
-            lower_this_threads_priority(settings.server_nice)
         raise_fd_limit(settings.max_connections)
         try:
             # Connection cap, keep-alive, header and body read timeouts (slow_clients.py).
