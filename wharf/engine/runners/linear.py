@@ -11,6 +11,7 @@ them at about half the memory bandwidth; the reordered weights are read near it.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,15 @@ import torch.nn.functional as F
 from wharf.engine.runners import int4, int8
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+
+# oneDNN compiles a kernel for each row count of each matmul shape and keeps 1,024 of them
+# by default. A step's rows (its decodes plus prompt chunks of any length, up to 640 with
+# the default batch and chunk) take hundreds of counts, so traffic with varied prompts had
+# its kernels compiled again and again: 32 decodes beside one fill of 1-359 tokens, 300
+# counts in turn, 102-109 ms a step on the second and third pass at 1,024 against 84-86 ms
+# with room for them all (AMX Xeon, bench/README.md). 4,096 holds the five shapes of a
+# model at every count, for ~70 KB each. oneDNN reads it when it makes its first primitive.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
 
 
 @functools.cache
