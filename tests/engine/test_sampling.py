@@ -1,5 +1,6 @@
-"""The batched sampler's greedy rows: the argmax of each row, the first of equal maxima,
-alone or beside sampled rows."""
+"""The batched sampler: greedy rows take each row's argmax (the first of equal maxima, NaN
+and infinite rows as argmax gives them), alone or beside sampled rows, and a sampled row's
+top-k holds whatever the other rows of its batch ask."""
 
 from __future__ import annotations
 
