@@ -13,6 +13,7 @@ sockets, are tests/policy_http/test_policy_replicas.py.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -312,19 +313,27 @@ def test_disconnect_mid_stream_recorded_once(counting_server, dialect):
     prompt = ("Count from 1 to 500, separated by commas." if DIALECTS[dialect][1]
               else "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,")       # the script keeps counting
     target, kw = request(dialect, s.client, ident, prompt, 300, stream=True)
-    with s.client.stream("POST", target, **kw) as r:
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        got = 0
-        for line in lines:
-            if line.startswith("data:"):
-                got += 1
-            if got >= 2:
-                break
-    rows = wait_usage(s, ident.account_id, 1)
-    time.sleep(0.5)
-    rows = usage_rows(s, ident.account_id)
+    # Without the garbage collector: the response must end the run itself. The client
+    # leaves while the app waits to send a chunk, so the body generators are suspended
+    # at a `yield`, and once only the collector closed them (the record came late, or
+    # not within 20 s, and the engine generated on for no one).
+    gc.disable()
+    try:
+        with s.client.stream("POST", target, **kw) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                if line.startswith("data:"):
+                    got += 1
+                if got >= 2:
+                    break
+        rows = usage_rows(s, ident.account_id)     # written before the app's task ended
+    finally:
+        gc.enable()
     assert len(rows) == 1, rows
+    time.sleep(0.3)
+    assert usage_rows(s, ident.account_id) == rows       # and only once
     assert rows[0]["status"] == "cancelled" and rows[0]["completion_tokens"] < 300, rows
     assert metric(s.client, "wharf_requests_total", dialect=dialect.split("-")[0],
                   status="cancelled") == before + 1

@@ -240,7 +240,7 @@ async def completions(request: Request):
             if body.include_usage:
                 yield event({"id": rid, "object": "text_completion", "created": created,
                              "model": run.model, "choices": [], "usage": _usage(run)})
-        return sse_response(_framed(stream()))
+        return sse_response(_framed(stream()), run=run)
 
     try:
         per_choice = await unless_client_leaves(request, run.whole())
@@ -304,7 +304,7 @@ async def chat_completions(request: Request):
                                   "finish_reason": finish if j == len(deltas) - 1 else None}])
             if body.include_usage:
                 yield frame([], usage=_usage(run))
-        return sse_response(_framed(stream()))
+        return sse_response(_framed(stream()), run=run)
 
     try:
         per_choice = await unless_client_leaves(request, run.whole())

@@ -273,7 +273,7 @@ class Run:
                 self.status = "cancelled"
             raise
         finally:
-            self.close()
+            await self.aclose()
 
     def _make_room(self, n: int) -> int:
         """How many of the next `n` characters the character quota allows, growing the
@@ -287,6 +287,17 @@ class Run:
                 self.reserved_chars += grow
                 return n
         return max(0, self.reserved_chars - self.generated_chars)
+
+    async def aclose(self) -> None:
+        """End the run wherever its reader stopped: stop the engine's work on it, then
+        settle. A reader suspended at a `yield` when its client left is otherwise closed
+        only when the garbage collector finds it (`async for` closes nothing it leaves),
+        and until then the engine generates for no one and the usage record is missing."""
+        try:
+            if self._source is not None:
+                await self._source.aclose()
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Settle quota and limits and write the usage record. Synchronous on purpose: it

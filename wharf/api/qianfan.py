@@ -47,7 +47,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from wharf import errors as E
 from wharf.api.common import json_body
@@ -56,7 +56,7 @@ from wharf.api.disconnect import ClientGone, gone_response, unless_client_leaves
 from wharf.api.errors import unexpected
 from wharf.api.pipeline import Caller, Run
 from wharf.api.request_ids import name_request
-from wharf.api.sse import dumps, event
+from wharf.api.sse import dumps, event, sse_response
 from wharf.engine.types import FinishReason, GenerationRequest, SamplingParams
 from wharf.platform.auth import Principal
 
@@ -415,8 +415,7 @@ async def _serve(request: Request, endpoint: str, kind: str):
     # The pipeline has waited for the engine's first chunk: a refusal (queue full ->
     # 336100, which the SDK retries) was a plain JSON error above, never a stream.
     if body.get("stream"):
-        return StreamingResponse(_stream(run, rid, obj, kind), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        return sse_response(_stream(run, rid, obj, kind), headers, run=run)
 
     try:
         (whole,) = await unless_client_leaves(request, run.whole())      # Qianfan has no n
@@ -457,9 +456,8 @@ async def _stream(run: Run, rid: str, obj: str, kind: str) -> AsyncIterator[byte
         return event(_go_safe(dumps(out)))
 
     ended = False
-    chunks = run.chunks()
     try:
-        async for c in chunks:    # read to the end so the run settles as finished, not cancelled
+        async for c in run.chunks():    # read to the end so the run settles as finished, not cancelled
             if ended:
                 continue
             if c.finish_reason is not None:
@@ -472,8 +470,6 @@ async def _stream(run: Run, rid: str, obj: str, kind: str) -> AsyncIterator[byte
     except E.WharfError as exc:
         # Mid-stream failure: a bare JSON line (no "data: "), which the SDK raises as an APIError.
         yield (dumps(_error_body(exc, rid=rid)) + "\n\n").encode()
-    finally:
-        await chunks.aclose()
 
 
 @router.post(PREFIX + "/completions/{endpoint}")

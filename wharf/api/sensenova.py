@@ -191,7 +191,7 @@ async def _serve(request: Request, body_model: type[_Common], chat: bool):
         return FINISH[f or FinishReason.STOP]
 
     if body.stream:
-        return sse_response(_stream(run, rid, body.n, chat, reason))
+        return sse_response(_stream(run, rid, body.n, chat, reason), run=run)
 
     try:
         outputs = await unless_client_leaves(request, run.whole())
